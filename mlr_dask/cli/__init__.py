@@ -1,0 +1,1 @@
+"""The ``mlr-dask`` command line: one module per group of subcommands."""

@@ -1,0 +1,91 @@
+"""``mlr-dask info`` and ``mlr-dask generate mlr``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mlr_dask.errors import FormatError, InputError
+from mlr_dask.io import FORMAT_KEY, VERSION_KEY
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("info", parents=[common], help="describe what is in a zarr store")
+    p.add_argument("path", help="a zarr store written by mlr-dask")
+    p.set_defaults(func=run_info)
+
+
+def register_generate(gen: Any, common: argparse.ArgumentParser) -> None:
+    p = gen.add_parser(
+        "mlr",
+        parents=[common],
+        help="a random MLR matrix plus noise (known hierarchy and ranks) as a dense matrix",
+    )
+    p.add_argument("--n", type=int, required=True, help="rows (and columns unless --m-cols)")
+    p.add_argument("--n-cols", type=int, default=None, help="columns (default: --n)")
+    p.add_argument("--rank", type=int, default=24, help="total rank (default 24)")
+    p.add_argument("--levels", type=int, default=None, help="levels, the last one atoms")
+    p.add_argument("--noise", type=float, default=0.1, help="||E||_F / ||A_true||_F (0.1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--float32", action="store_true", help="store A as float32")
+    p.add_argument("--out", required=True, help="output zarr path")
+    p.set_defaults(func=run_generate_mlr)
+
+
+def _describe(group: Any) -> dict[str, Any]:
+    arrays = {
+        name: {"shape": list(a.shape), "dtype": str(a.dtype), "chunks": list(a.chunks)}
+        for name, a in group.arrays()
+    }
+    groups = {name: _describe(g) for name, g in group.groups()}
+    attrs = {k: v for k, v in group.attrs.items() if k not in (FORMAT_KEY, VERSION_KEY)}
+    out: dict[str, Any] = {}
+    if FORMAT_KEY in group.attrs:
+        out["format"] = group.attrs[FORMAT_KEY]
+        out["format_version"] = group.attrs.get(VERSION_KEY)
+    out.update({"attrs": attrs, "arrays": arrays, "groups": groups})
+    return out
+
+
+def run_info(args: argparse.Namespace) -> dict[str, Any]:
+    import zarr
+
+    path = Path(args.path)
+    if not path.exists():
+        raise FormatError(f"no such store: {str(path)!r}")
+    try:
+        group = zarr.open_group(str(path), mode="r")
+    except Exception as exc:
+        raise FormatError(f"{str(path)!r} is not a zarr group ({type(exc).__name__})") from None
+    desc = _describe(group)
+    if "format" not in desc:
+        raise FormatError(f"{str(path)!r} is a zarr group but not an mlr-dask store")
+    return {"path": str(path), **desc}
+
+
+def run_generate_mlr(args: argparse.Namespace) -> dict[str, Any]:
+    from mlr_dask.datasets.mlr import mlr_plus_noise, write_matrix_store
+
+    if args.n < 2 or (args.n_cols is not None and args.n_cols < 2):
+        raise InputError("--n and --n-cols must be at least 2")
+    out = Path(args.out)
+    if not out.parent.exists():
+        raise InputError(f"output directory {str(out.parent)!r} does not exist")
+    truth, A = mlr_plus_noise(
+        args.n, args.n_cols, rank=args.rank, n_levels=args.levels, noise=args.noise,
+        rng=args.seed,
+    )
+    A_hier = A[np.ix_(truth.rows.perm, truth.cols.perm)]
+    if args.float32:
+        A_hier = A_hier.astype(np.float32)
+    rel = float(np.linalg.norm(A - truth.to_dense()) / np.linalg.norm(A))
+    write_matrix_store(
+        out, A_hier, kind="mlr+noise", rows=truth.rows, cols=truth.cols, truth=truth,
+        attrs={"ranks": list(truth.ranks), "noise": args.noise, "seed": args.seed,
+               "noise_rel_norm": rel},
+    )
+    return {"out": str(out), "shape": list(A.shape), "ranks": list(truth.ranks),
+            "n_blocks": list(truth.rows.n_blocks), "noise_rel_norm": rel}

@@ -1,0 +1,85 @@
+"""Connecting to Dask: an embedded LocalCluster on loopback by default, or a real scheduler.
+
+Workers run one BLAS thread each (set through the environment before the worker processes
+start), so Dask's parallelism is not multiplied by BLAS's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+
+from mlr_dask.errors import InputError
+
+SINGLE_THREAD_ENV = {
+    "OMP_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "NUMBA_NUM_THREADS": "1",
+}
+
+
+@contextlib.contextmanager
+def connect(
+    address: str | None = None,
+    *,
+    n_workers: int | None = None,
+    threads_per_worker: int = 1,
+    memory_limit: str | int | None = "auto",
+    processes: bool = True,
+    quiet: bool = False,
+    timeout: float = 10.0,
+) -> Iterator["distributed.Client"]:  # noqa: F821
+    """Yield a ``distributed.Client``; close what this call started on exit.
+
+    Parameters
+    ----------
+    address : scheduler address (``tcp://host:8786``); ``None`` starts a LocalCluster bound to
+        127.0.0.1 with ``n_workers`` (default: the number of cores) single-threaded workers.
+    memory_limit : per-worker memory limit for the embedded cluster (bytes or ``"2GB"``).
+    quiet : do not print the dashboard link.
+    """
+    from distributed import Client, LocalCluster
+
+    if address:
+        try:
+            client = Client(address, timeout=timeout)
+        except (OSError, TimeoutError) as exc:
+            raise InputError(f"cannot reach the Dask scheduler at {address!r}: {exc}") from None
+        try:
+            if not quiet:
+                print(f"dask dashboard: {client.dashboard_link}", file=sys.stderr)
+            yield client
+        finally:
+            client.close()
+        return
+
+    n_workers = n_workers or max(1, os.cpu_count() or 1)
+    saved = {k: os.environ.get(k) for k in SINGLE_THREAD_ENV}
+    os.environ.update(SINGLE_THREAD_ENV)  # inherited by the worker processes
+    try:
+        cluster = LocalCluster(
+            n_workers=n_workers,
+            threads_per_worker=threads_per_worker,
+            processes=processes,
+            host="127.0.0.1",
+            dashboard_address="127.0.0.1:0",
+            memory_limit=memory_limit,
+            silence_logs=40,
+        )
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    client = Client(cluster)
+    try:
+        if not quiet:
+            print(f"dask dashboard: {client.dashboard_link}", file=sys.stderr)
+        yield client
+    finally:
+        client.close()
+        cluster.close()

@@ -1,0 +1,373 @@
+"""The multilevel low rank (MLR) matrix as a ``scipy.sparse.linalg.LinearOperator``.
+
+An m x n MLR matrix with L levels is ``P_r (A_1 + ... + A_L) P_c^T`` where ``A_l`` is block
+diagonal with ``p_l`` blocks ``B_{l,k} C_{l,k}^T`` of rank ``r_l`` (``mlr.md`` section 1). The
+factors are stored compressed: ``B`` (m, r) and ``C`` (n, r), ``r = sum(ranks)``, in hierarchy
+(permuted) order with the columns of level ``l`` at ``offsets[l]:offsets[l + 1]``.
+
+Inputs and outputs of every product, ``to_dense``, ``solve`` and ``lstsq`` are in the original
+row / column order.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import scipy.sparse.linalg as spla
+
+from mlr_dask.errors import InputError
+from mlr_dask.hierarchy import Hierarchy
+from mlr_dask.io import atomic_group, open_group
+from mlr_dask.kernels import block_matmat
+
+__all__ = ["MLRMatrix", "DENSE_LIMIT_BYTES"]
+
+FORMAT = "mlr-matrix"
+FORMAT_VERSION = 1
+
+#: Largest dense array (bytes) that ``to_dense`` will build unless told otherwise.
+DENSE_LIMIT_BYTES = 4 * 2**30
+
+
+def _check_dense_size(m: int, n: int, itemsize: int, limit: int | None, what: str) -> None:
+    limit = DENSE_LIMIT_BYTES if limit is None else limit
+    need = m * n * itemsize
+    if need > limit:
+        raise InputError(
+            f"{what} would materialize a dense {m} x {n} array ({need / 2**30:.1f} GiB), over "
+            f"the limit of {limit / 2**30:.1f} GiB; pass a larger max_bytes to force it"
+        )
+
+
+class MLRMatrix(spla.LinearOperator):
+    """An m x n multilevel low rank matrix.
+
+    Parameters
+    ----------
+    rows, cols : Hierarchy of the rows (m items) and columns (n items), with the same number of
+        blocks at every level.
+    ranks : (L,) rank of every block of each level; 0 is allowed.
+    B : (m, sum(ranks)) row factors in hierarchy order, level columns in order.
+    C : (n, sum(ranks)) column factors; ``None`` for the symmetric PSD matrix with ``C = B``
+        (then ``rows`` must equal ``cols``).
+
+    Attributes
+    ----------
+    B, C, ranks, rows, cols, offsets (column offsets of the levels in B and C), symmetric.
+    """
+
+    def __init__(
+        self,
+        rows: Hierarchy,
+        cols: Hierarchy,
+        ranks: Sequence[int],
+        B: Any,
+        C: Any = None,
+    ) -> None:
+        if not isinstance(rows, Hierarchy) or not isinstance(cols, Hierarchy):
+            raise InputError("rows and cols must be Hierarchy objects")
+        if rows.n_blocks != cols.n_blocks:
+            raise InputError(
+                f"rows and cols must have the same number of blocks per level, got "
+                f"{rows.n_blocks} and {cols.n_blocks}"
+            )
+        ranks_arr = np.asarray(ranks)
+        if ranks_arr.ndim != 1 or ranks_arr.size != rows.n_levels:
+            raise InputError(
+                f"ranks must have one entry per level ({rows.n_levels}), got {list(np.ravel(ranks))}"
+            )
+        if not np.issubdtype(ranks_arr.dtype, np.integer) or np.any(ranks_arr < 0):
+            raise InputError(f"ranks must be non-negative integers, got {ranks_arr.tolist()}")
+        r = int(ranks_arr.sum())
+        B = np.asarray(B)
+        if B.dtype.kind not in "fc":
+            B = B.astype(np.float64)
+        if B.shape != (rows.n, r):
+            raise InputError(f"B has shape {B.shape}, expected ({rows.n}, {r})")
+        symmetric = C is None
+        if symmetric:
+            if rows != cols:
+                raise InputError("a symmetric MLR matrix (C=None) needs rows == cols")
+            C = B
+        else:
+            C = np.asarray(C, dtype=B.dtype)
+            if C.shape != (cols.n, r):
+                raise InputError(f"C has shape {C.shape}, expected ({cols.n}, {r})")
+        if not np.all(np.isfinite(B)) or (not symmetric and not np.all(np.isfinite(C))):
+            raise InputError("factors B and C must be finite (found NaN or inf)")
+        self.rows = rows
+        self.cols = cols
+        self.ranks = tuple(int(x) for x in ranks_arr)
+        self.offsets = np.concatenate(([0], np.cumsum(ranks_arr))).astype(np.int64)
+        self.B = B
+        self.C = C
+        self.symmetric = symmetric
+        self._B_lv = [np.ascontiguousarray(B[:, a:b]) for a, b in self._spans()]
+        self._C_lv = self._B_lv if symmetric else [
+            np.ascontiguousarray(C[:, a:b]) for a, b in self._spans()
+        ]
+        super().__init__(dtype=B.dtype, shape=(rows.n, cols.n))
+
+    # ------------------------------------------------------------------ basics
+    def _spans(self) -> list[tuple[int, int]]:
+        return [(int(a), int(b)) for a, b in zip(self.offsets[:-1], self.offsets[1:], strict=True)]
+
+    @property
+    def n_levels(self) -> int:
+        return len(self.ranks)
+
+    @property
+    def rank(self) -> int:
+        """Total rank ``sum(ranks)``."""
+        return int(self.offsets[-1])
+
+    @property
+    def storage(self) -> int:
+        """Numbers stored in the factors: ``(m + n) r``, or ``m r`` when symmetric."""
+        m, n = self.shape
+        return (m if self.symmetric else m + n) * self.rank
+
+    def level(self, level: int) -> tuple[np.ndarray, np.ndarray]:
+        """(B_l, C_l): the stacked factors of one level, (m, r_l) and (n, r_l), hierarchy order."""
+        return self._B_lv[level], self._C_lv[level]
+
+    def __repr__(self) -> str:
+        m, n = self.shape
+        kind = "symmetric " if self.symmetric else ""
+        return (
+            f"<{m}x{n} {kind}MLRMatrix, ranks={list(self.ranks)}, "
+            f"blocks={list(self.rows.n_blocks)}, dtype={self.dtype}>"
+        )
+
+    # ------------------------------------------------------------------ products
+    def _apply_permuted(self, Xp: np.ndarray, transpose: bool) -> np.ndarray:
+        """Product in hierarchy order: Xp (n, t) -> (m, t) (or the transpose)."""
+        outer, inner = (self.cols, self.rows) if transpose else (self.rows, self.cols)
+        out = np.zeros((outer.n, Xp.shape[1]), dtype=np.result_type(self.dtype, Xp.dtype))
+        Xp = np.ascontiguousarray(Xp, dtype=out.dtype)
+        for lvl in range(self.n_levels):
+            if self.ranks[lvl] == 0:
+                continue
+            Bl, Cl = self._B_lv[lvl], self._C_lv[lvl]
+            if transpose:
+                Bl, Cl = Cl, Bl
+            block_matmat(Bl.astype(out.dtype, copy=False), Cl.astype(out.dtype, copy=False),
+                         Xp, outer.boundaries[lvl], inner.boundaries[lvl], out)
+        return out
+
+    def _matmat(self, X: np.ndarray) -> np.ndarray:
+        X = np.asarray(X)
+        Y = np.empty((self.shape[0], X.shape[1]), dtype=np.result_type(self.dtype, X.dtype))
+        Y[self.rows.perm] = self._apply_permuted(X[self.cols.perm], transpose=False)
+        return Y
+
+    def _rmatmat(self, X: np.ndarray) -> np.ndarray:
+        X = np.asarray(X)
+        Y = np.empty((self.shape[1], X.shape[1]), dtype=np.result_type(self.dtype, X.dtype))
+        Y[self.cols.perm] = self._apply_permuted(X[self.rows.perm], transpose=True)
+        return Y
+
+    def _matvec(self, x: np.ndarray) -> np.ndarray:
+        return self._matmat(np.asarray(x).reshape(-1, 1)).reshape(-1)
+
+    def _rmatvec(self, x: np.ndarray) -> np.ndarray:
+        return self._rmatmat(np.asarray(x).reshape(-1, 1)).reshape(-1)
+
+    def _transpose(self) -> MLRMatrix:
+        if self.symmetric:
+            return self
+        return MLRMatrix(self.cols, self.rows, self.ranks, self.C, self.B)
+
+    _adjoint = _transpose  # real factors
+
+    # ------------------------------------------------------------------ dense
+    def to_dense(self, max_bytes: int | None = None) -> np.ndarray:
+        """The dense (m, n) matrix in original order.
+
+        Materializes m x n numbers: refuses when that exceeds ``max_bytes`` (default
+        :data:`DENSE_LIMIT_BYTES`).
+        """
+        m, n = self.shape
+        _check_dense_size(m, n, self.dtype.itemsize, max_bytes, "to_dense")
+        Ap = np.zeros((m, n), dtype=self.dtype)
+        for lvl in range(self.n_levels):
+            Bl, Cl = self.level(lvl)
+            rb, cb = self.rows.boundaries[lvl], self.cols.boundaries[lvl]
+            if Bl.shape[1] == 0:
+                continue
+            for k in range(rb.size - 1):  # blocks: dense output is O(m n) anyway
+                Ap[rb[k]:rb[k + 1], cb[k]:cb[k + 1]] += Bl[rb[k]:rb[k + 1]] @ Cl[cb[k]:cb[k + 1]].T
+        out = np.empty_like(Ap)
+        out[np.ix_(self.rows.perm, self.cols.perm)] = Ap
+        return out
+
+    def diagonal(self) -> np.ndarray:
+        """Diagonal of a square MLR matrix in original order, O(n r)."""
+        m, n = self.shape
+        if m != n:
+            raise InputError(f"diagonal needs a square matrix, got {m} x {n}")
+        # entry (i, i) of the original matrix is row iperm_r[i], col iperm_c[i] of the blocks
+        ri, ci = self.rows.iperm, self.cols.iperm
+        out = np.zeros(n, dtype=self.dtype)
+        for lvl in range(self.n_levels):
+            Bl, Cl = self.level(lvl)
+            if Bl.shape[1] == 0:
+                continue
+            same = self.rows.block_of(lvl)[ri] == self.cols.block_of(lvl)[ci]
+            out += np.where(same, np.einsum("ij,ij->i", Bl[ri], Cl[ci]), 0.0)
+        return out
+
+    # ------------------------------------------------------------------ linear systems
+    def expanded_factors(self) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+        """Sparse expanded factors ``(Bt, Ct)`` in hierarchy order, (m, s) and (n, s),
+        ``s = sum_l p_l r_l``, with ``A_perm = Bt @ Ct.T`` (``mlr.md`` section 1)."""
+        return self._expand(self.rows, self._B_lv), self._expand(self.cols, self._C_lv)
+
+    def _expand(self, h: Hierarchy, factors: list[np.ndarray]) -> sp.csr_matrix:
+        rows, cols, vals = [], [], []
+        s_off = 0
+        for lvl, F in enumerate(factors):
+            r_l = F.shape[1]
+            if r_l == 0:
+                continue
+            blk = h.block_of(lvl)
+            rows.append(np.repeat(np.arange(h.n), r_l))
+            cols.append((s_off + blk[:, None] * r_l + np.arange(r_l)[None, :]).ravel())
+            vals.append(F.ravel())
+            s_off += h.n_blocks[lvl] * r_l
+        if not rows:
+            return sp.csr_matrix((h.n, 0), dtype=self.dtype)
+        return sp.csr_matrix(
+            (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+            shape=(h.n, s_off),
+        )
+
+    @staticmethod
+    def _sparse_solve(M: sp.spmatrix, rhs: np.ndarray, what: str) -> np.ndarray:
+        try:
+            lu = spla.splu(sp.csc_matrix(M))
+        except RuntimeError as exc:  # SuperLU: "Factor is exactly singular"
+            raise np.linalg.LinAlgError(f"{what}: the matrix is singular ({exc})") from None
+        sol = lu.solve(np.asarray(rhs, dtype=np.result_type(M.dtype, rhs.dtype)))
+        if not np.all(np.isfinite(sol)):
+            raise np.linalg.LinAlgError(f"{what}: the matrix is singular")
+        return sol
+
+    def solve(self, b: Any) -> np.ndarray:
+        """Solve ``A x = b`` for a square invertible MLR matrix; ``b`` (n,) or (n, k).
+
+        Uses a sparse LU of the expanded system ``[[Ct^T, -I], [0, Bt]] [x; z] = [0; b]``
+        ((n + s) unknowns, ``s = sum_l p_l r_l``); no dense n x n matrix is formed.
+        Raises ``numpy.linalg.LinAlgError`` for a singular matrix.
+        """
+        m, n = self.shape
+        if m != n:
+            raise InputError(f"solve needs a square matrix, got {m} x {n}; use lstsq")
+        b = np.asarray(b)
+        if b.shape[0] != m or b.ndim > 2:
+            raise InputError(f"b has shape {b.shape}, expected ({m},) or ({m}, k)")
+        Bt, Ct = self.expanded_factors()
+        s = Bt.shape[1]
+        if s < n:
+            raise np.linalg.LinAlgError(f"solve: the matrix is singular (rank <= {s} < {n})")
+        M = sp.bmat([[Ct.T, -sp.identity(s)], [None, Bt]], format="csc")
+        rhs = np.zeros((s + m, *b.shape[1:]), dtype=np.result_type(self.dtype, b.dtype))
+        rhs[s:] = b[self.rows.perm]
+        sol = self._sparse_solve(M, rhs, "solve")
+        x = np.empty((n, *b.shape[1:]), dtype=sol.dtype)
+        x[self.cols.perm] = sol[:n]
+        return x
+
+    def lstsq(self, b: Any) -> np.ndarray:
+        """Least-squares solution of ``min ||A x - b||_2`` for A of full column rank.
+
+        Solves the sparse augmented system in ``(r, x, z, w)``: ``r + Bt z = b``,
+        ``Ct^T x = z``, ``Bt^T r = w``, ``Ct w = 0`` (``A^T r = 0`` for the residual ``r``),
+        by sparse LU; no dense matrix is formed. Raises ``numpy.linalg.LinAlgError`` when A is
+        rank deficient (then use ``scipy.sparse.linalg.lsmr(A, b)`` on this operator).
+        """
+        m, n = self.shape
+        b = np.asarray(b)
+        if b.shape[0] != m or b.ndim > 2:
+            raise InputError(f"b has shape {b.shape}, expected ({m},) or ({m}, k)")
+        Bt, Ct = self.expanded_factors()
+        s = Bt.shape[1]
+        if s < n:
+            raise np.linalg.LinAlgError(f"lstsq: rank <= {s} < {n} columns (rank deficient)")
+        eye_s = sp.identity(s)
+        M = sp.bmat(
+            [
+                [sp.identity(m), None, Bt, None],
+                [None, Ct.T, -eye_s, None],
+                [Bt.T, None, None, -eye_s],
+                [None, None, None, Ct],
+            ],
+            format="csc",
+        )
+        rhs = np.zeros((m + 2 * s + n, *b.shape[1:]), dtype=np.result_type(self.dtype, b.dtype))
+        rhs[:m] = b[self.rows.perm]
+        sol = self._sparse_solve(M, rhs, "lstsq")
+        x = np.empty((n, *b.shape[1:]), dtype=sol.dtype)
+        x[self.cols.perm] = sol[m:m + n]
+        return x
+
+    # ------------------------------------------------------------------ storage
+    def save(self, path: str | os.PathLike, *, overwrite: bool = True) -> None:
+        """Write to a zarr group (format ``mlr-matrix``, version 1); atomic (temp + rename)."""
+        with atomic_group(path, FORMAT, FORMAT_VERSION, overwrite=overwrite) as g:
+            self.write_zarr(g)
+
+    def write_zarr(self, g: Any) -> None:
+        """Store the factors and hierarchies into an existing, empty zarr group."""
+        g.attrs["ranks"] = list(self.ranks)
+        g.attrs["shape"] = list(self.shape)
+        g.attrs["symmetric"] = self.symmetric
+        g.create_array("B", data=self.B)
+        if not self.symmetric:
+            g.create_array("C", data=self.C)
+        self.rows.write_zarr(g.create_group("rows"))
+        if not self.symmetric:
+            self.cols.write_zarr(g.create_group("cols"))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> MLRMatrix:
+        """Read a matrix written by :meth:`save`."""
+        return cls.read_zarr(open_group(path, FORMAT, FORMAT_VERSION))
+
+    @classmethod
+    def read_zarr(cls, g: Any) -> MLRMatrix:
+        try:
+            rows = Hierarchy.read_zarr(g["rows"])
+            B = g["B"][:]
+            if g.attrs["symmetric"]:
+                return cls(rows, rows, g.attrs["ranks"], B)
+            return cls(rows, Hierarchy.read_zarr(g["cols"]), g.attrs["ranks"], B, g["C"][:])
+        except KeyError as exc:
+            raise InputError(f"MLR matrix store is incomplete: missing {exc}") from None
+
+    # ------------------------------------------------------------------ construction helpers
+    @classmethod
+    def random(
+        cls,
+        rows: Hierarchy,
+        cols: Hierarchy | None,
+        ranks: Sequence[int],
+        *,
+        rng: np.random.Generator | int | None = None,
+        dtype: Any = np.float64,
+    ) -> MLRMatrix:
+        """Random factors with standard normal entries scaled by ``1/sqrt(r_l)`` per level
+        (so every level contributes entries of similar size); ``cols=None`` gives the symmetric
+        PSD matrix ``B B^T``."""
+        rng = np.random.default_rng(rng)
+        ranks_arr = np.asarray(ranks, dtype=np.int64)
+        scale = np.repeat(1.0 / np.sqrt(np.maximum(ranks_arr, 1)), ranks_arr)
+        B = (rng.standard_normal((rows.n, int(ranks_arr.sum()))) * scale).astype(dtype)
+        if cols is None:
+            return cls(rows, rows, ranks, B)
+        C = (rng.standard_normal((cols.n, int(ranks_arr.sum()))) * scale).astype(dtype)
+        return cls(rows, cols, ranks, B, C)
