@@ -31,7 +31,7 @@ def connect(
     processes: bool = True,
     quiet: bool = False,
     timeout: float = 10.0,
-) -> Iterator["distributed.Client"]:  # noqa: F821
+) -> Iterator[distributed.Client]:  # noqa: F821
     """Yield a ``distributed.Client``; close what this call started on exit.
 
     Parameters

@@ -27,7 +27,9 @@ __all__ = ["Hierarchy"]
 def _as_bounds(b: Any, level: int) -> np.ndarray:
     arr = np.asarray(b)
     if arr.ndim != 1:
-        raise InputError(f"boundaries of level {level} must be one-dimensional, got shape {arr.shape}")
+        raise InputError(
+            f"boundaries of level {level} must be one-dimensional, got shape {arr.shape}"
+        )
     if arr.size < 2:
         raise InputError(f"boundaries of level {level} need at least two entries (0 and n)")
     if not np.issubdtype(arr.dtype, np.integer):
@@ -155,7 +157,7 @@ class Hierarchy:
 
     @classmethod
     def dyadic(cls, n: int, n_levels: int, *, perm: Any = None) -> Hierarchy:
-        """Repeated bisection: level ``l`` has ``2**l`` near-equal blocks (``l = 0..n_levels-1``)."""
+        """Repeated bisection: level ``l`` has ``2**l`` near-equal blocks, l = 0..n_levels-1."""
         n, n_levels = int(n), int(n_levels)
         if n_levels < 1:
             raise InputError("n_levels must be at least 1")
@@ -339,7 +341,9 @@ class Hierarchy:
         return out
 
     @classmethod
-    def from_dict(cls, arrays: dict[str, Any], level_names: Sequence[str] | None = None) -> Hierarchy:
+    def from_dict(
+        cls, arrays: dict[str, Any], level_names: Sequence[str] | None = None
+    ) -> Hierarchy:
         n_levels = sum(1 for k in arrays if k.startswith("bounds_"))
         try:
             bounds = [np.asarray(arrays[f"bounds_{i}"]) for i in range(n_levels)]

@@ -78,7 +78,8 @@ class MLRMatrix(spla.LinearOperator):
         ranks_arr = np.asarray(ranks)
         if ranks_arr.ndim != 1 or ranks_arr.size != rows.n_levels:
             raise InputError(
-                f"ranks must have one entry per level ({rows.n_levels}), got {list(np.ravel(ranks))}"
+                f"ranks must have one entry per level ({rows.n_levels}), "
+                f"got {list(np.ravel(ranks))}"
             )
         if not np.issubdtype(ranks_arr.dtype, np.integer) or np.any(ranks_arr < 0):
             raise InputError(f"ranks must be non-negative integers, got {ranks_arr.tolist()}")
@@ -155,8 +156,9 @@ class MLRMatrix(spla.LinearOperator):
             Bl, Cl = self._B_lv[lvl], self._C_lv[lvl]
             if transpose:
                 Bl, Cl = Cl, Bl
-            block_matmat(Bl.astype(out.dtype, copy=False), Cl.astype(out.dtype, copy=False),
-                         Xp, outer.boundaries[lvl], inner.boundaries[lvl], out)
+            if Bl.dtype != out.dtype:
+                Bl, Cl = Bl.astype(out.dtype), Cl.astype(out.dtype)
+            block_matmat(Bl, Cl, Xp, outer.boundaries[lvl], inner.boundaries[lvl], out)
         return out
 
     def _matmat(self, X: np.ndarray) -> np.ndarray:
@@ -180,7 +182,12 @@ class MLRMatrix(spla.LinearOperator):
     def _transpose(self) -> MLRMatrix:
         if self.symmetric:
             return self
-        return MLRMatrix(self.cols, self.rows, self.ranks, self.C, self.B)
+        T = self.__dict__.get("_T")
+        if T is None:  # built once, shares the factors
+            T = MLRMatrix(self.cols, self.rows, self.ranks, self.C, self.B)
+            T.__dict__["_T"] = self
+            self.__dict__["_T"] = T
+        return T
 
     _adjoint = _transpose  # real factors
 
@@ -203,6 +210,23 @@ class MLRMatrix(spla.LinearOperator):
                 Ap[rb[k]:rb[k + 1], cb[k]:cb[k + 1]] += Bl[rb[k]:rb[k + 1]] @ Cl[cb[k]:cb[k + 1]].T
         out = np.empty_like(Ap)
         out[np.ix_(self.rows.perm, self.cols.perm)] = Ap
+        return out
+
+    def submatrix(self, rows: slice, cols: slice) -> np.ndarray:
+        """Dense block ``A_perm[rows, cols]`` in HIERARCHY order (positions, not original
+        indices), built from the factors: O(|rows| |cols| r). Used chunk by chunk on Dask."""
+        r0, r1, _ = rows.indices(self.shape[0])
+        c0, c1, _ = cols.indices(self.shape[1])
+        out = np.zeros((r1 - r0, c1 - c0), dtype=self.dtype)
+        for lvl in range(self.n_levels):
+            Bl, Cl = self.level(lvl)
+            if Bl.shape[1] == 0:
+                continue
+            rb = self.rows.block_of(lvl)[r0:r1]
+            cb = self.cols.block_of(lvl)[c0:c1]
+            same = rb[:, None] == cb[None, :]
+            if same.any():
+                out += np.where(same, Bl[r0:r1] @ Cl[c0:c1].T, 0.0)
         return out
 
     def diagonal(self) -> np.ndarray:

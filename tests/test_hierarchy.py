@@ -4,6 +4,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mlr_dask import Hierarchy, InputError
+
 from strategies import hierarchy_pairs
 
 

@@ -5,6 +5,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from mlr_dask import FormatError, Hierarchy, InputError, MLRMatrix
+
 from strategies import bounds_from_leaf_sizes, dense_reference, mlr_matrices, tree_shape
 
 
@@ -144,3 +145,15 @@ def test_iterative_solvers_accept_operator():
     x, info = spla.cg(A, b, rtol=1e-12)
     assert info == 0
     assert np.allclose(x, A.solve(b), atol=1e-8)
+
+
+@given(mlr_matrices(), st.data())
+def test_submatrix_in_hierarchy_order(A, data):
+    D = dense_reference(A)
+    Dp = D[np.ix_(A.rows.perm, A.cols.perm)]
+    m, n = A.shape
+    r0 = data.draw(st.integers(0, m - 1))
+    r1 = data.draw(st.integers(r0 + 1, m))
+    c0 = data.draw(st.integers(0, n - 1))
+    c1 = data.draw(st.integers(c0 + 1, n))
+    assert np.allclose(A.submatrix(slice(r0, r1), slice(c0, c1)), Dp[r0:r1, c0:c1], atol=1e-10)

@@ -29,6 +29,23 @@ def _block_matmat(B, C, X, row_bounds, col_bounds, out):  # pragma: no cover - c
                     out[i, s] += b * z[a, s]
 
 
+@numba.njit(nogil=True, cache=False)
+def _block_matvec(B, C, x, row_bounds, col_bounds, out):  # pragma: no cover - compiled
+    r = B.shape[1]
+    z = np.empty(r, dtype=out.dtype)
+    for k in range(row_bounds.size - 1):
+        z[:] = 0.0
+        for j in range(col_bounds[k], col_bounds[k + 1]):
+            xj = x[j]
+            for a in range(r):
+                z[a] += C[j, a] * xj
+        for i in range(row_bounds[k], row_bounds[k + 1]):
+            acc = 0.0
+            for a in range(r):
+                acc += B[i, a] * z[a]
+            out[i] += acc
+
+
 def block_matmat(
     B: np.ndarray,
     C: np.ndarray,
@@ -39,7 +56,10 @@ def block_matmat(
 ) -> np.ndarray:
     """``out += blockdiag_k(B_k C_k^T) @ X`` in place (numba); returns ``out`` (m, t)."""
     if B.shape[1] and row_bounds.size > 1:
-        _block_matmat(B, C, X, row_bounds, col_bounds, out)
+        if X.shape[1] == 1:
+            _block_matvec(B, C, X[:, 0], row_bounds, col_bounds, out[:, 0])
+        else:
+            _block_matmat(B, C, X, row_bounds, col_bounds, out)
     return out
 
 

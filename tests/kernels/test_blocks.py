@@ -3,6 +3,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mlr_dask.kernels import block_matmat, block_matmat_numpy, segment_sum, segment_sum_numpy
+
 from strategies import hierarchy_pairs
 
 
