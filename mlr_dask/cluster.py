@@ -10,6 +10,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Iterator
+from typing import Any
 
 from mlr_dask.errors import InputError
 
@@ -19,6 +20,13 @@ SINGLE_THREAD_ENV = {
     "MKL_NUM_THREADS": "1",
     "NUMBA_NUM_THREADS": "1",
 }
+
+
+def _prepare(client: Any) -> None:
+    """Compile the numba kernels once on every worker (now and on workers that join later)."""
+    from mlr_dask.workers import WarmKernels
+
+    client.register_plugin(WarmKernels())
 
 
 @contextlib.contextmanager
@@ -51,6 +59,7 @@ def connect(
         try:
             if not quiet:
                 print(f"dask dashboard: {client.dashboard_link}", file=sys.stderr)
+            _prepare(client)
             yield client
         finally:
             client.close()
@@ -79,6 +88,7 @@ def connect(
     try:
         if not quiet:
             print(f"dask dashboard: {client.dashboard_link}", file=sys.stderr)
+        _prepare(client)
         yield client
     finally:
         client.close()

@@ -124,7 +124,10 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
             print(msg, file=sys.stderr)
 
     seconds: dict[str, float] = {}
-    with tempfile.TemporaryDirectory(dir=args.keep) as tmp:
+    with (
+        connect(args.scheduler, n_workers=args.workers, quiet=args.quiet) as client,
+        tempfile.TemporaryDirectory(dir=args.keep) as tmp,
+    ):
         t0 = time.perf_counter()
         truth, A = mlr_plus_noise(args.n, rank=args.rank, noise=0.1, rng=0)
         rel_in_memory = float(np.linalg.norm(A - truth.to_dense()) / np.linalg.norm(A))
@@ -133,22 +136,21 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
                            rows=truth.rows, cols=truth.cols, truth=truth, chunk=1024)
         seconds["generate"] = time.perf_counter() - t0
         say(f"wrote a {args.n} x {args.n} MLR + noise matrix, ranks {list(truth.ranks)}")
-        with connect(args.scheduler, n_workers=args.workers, quiet=args.quiet) as client:
-            t0 = time.perf_counter()
-            A_hier, _, _, g = open_matrix(path)
-            stored_truth = MLRMatrix.read_zarr(g["truth"])
-            res, tot = residual_norms(A_hier, stored_truth).compute()
-            seconds["residual_pass"] = time.perf_counter() - t0
-            x = np.random.default_rng(1).standard_normal(args.n)
-            t0 = time.perf_counter()
-            y_dense = np.empty(args.n)
-            y_dense[truth.rows.perm] = (A_hier @ x[truth.cols.perm]).compute()
-            seconds["dense_matvec_dask"] = time.perf_counter() - t0
-            truth @ x  # compile the kernels before timing
-            t0 = time.perf_counter()
-            y_mlr = truth @ x
-            seconds["mlr_matvec"] = time.perf_counter() - t0
-            n_workers = len(client.scheduler_info()["workers"])
+        t0 = time.perf_counter()
+        A_hier, _, _, g = open_matrix(path)
+        stored_truth = MLRMatrix.read_zarr(g["truth"])
+        res, tot = residual_norms(A_hier, stored_truth).compute()
+        seconds["residual_pass"] = time.perf_counter() - t0
+        x = np.random.default_rng(1).standard_normal(args.n)
+        t0 = time.perf_counter()
+        y_dense = np.empty(args.n)
+        y_dense[truth.rows.perm] = (A_hier @ x[truth.cols.perm]).compute()
+        seconds["dense_matvec_dask"] = time.perf_counter() - t0
+        truth @ x  # compile the kernels before timing
+        t0 = time.perf_counter()
+        y_mlr = truth @ x
+        seconds["mlr_matvec"] = time.perf_counter() - t0
+        n_workers = len(client.scheduler_info()["workers"])
         if args.keep is not None:
             kept = Path(args.keep) / "demo.zarr"
             if kept.exists():

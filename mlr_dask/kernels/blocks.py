@@ -99,3 +99,12 @@ def segment_sum(X: np.ndarray, bounds: np.ndarray) -> np.ndarray:
 def segment_sum_numpy(X: np.ndarray, bounds: np.ndarray) -> np.ndarray:
     """Plain-numpy twin of :func:`segment_sum` (blocks are non-empty)."""
     return np.add.reduceat(X, np.asarray(bounds[:-1], dtype=np.int64), axis=0)
+
+
+def warm() -> None:
+    """Compile the kernels of this module for float64 on tiny inputs."""
+    b = np.array([0, 2], dtype=np.int64)
+    F = np.ones((2, 1))
+    block_matmat(F, F, np.ones((2, 1)), b, b, np.zeros((2, 1)))
+    block_matmat(F, F, np.ones((2, 2)), b, b, np.zeros((2, 2)))
+    segment_sum(np.ones((2, 1)), b)
