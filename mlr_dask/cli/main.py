@@ -28,15 +28,15 @@ SUBCOMMAND_MODULES = (
     "mlr_dask.cli.fm",
     "mlr_dask.cli.fit",
     "mlr_dask.cli.gam",
+    "mlr_dask.cli.run",
 )
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse that reports usage errors as one ``error:`` line and exit status 2."""
+    """argparse whose usage errors raise :class:`InputError` (one ``error:`` line, exit 2)."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        print(f"error: {message}", file=sys.stderr)
-        raise SystemExit(2)
+        raise InputError(f"{self.prog}: {message}")
 
 
 def common_flags() -> argparse.ArgumentParser:
@@ -103,8 +103,8 @@ def emit(result: dict[str, Any] | None, as_json: bool) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        args = parser.parse_args(argv)
         result = args.func(args)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)
