@@ -248,7 +248,8 @@ class MLRMatrix(spla.LinearOperator):
     # ------------------------------------------------------------------ linear systems
     def expanded_factors(self) -> tuple[sp.csr_matrix, sp.csr_matrix]:
         """Sparse expanded factors ``(Bt, Ct)`` in hierarchy order, (m, s) and (n, s),
-        ``s = sum_l p_l r_l``, with ``A_perm = Bt @ Ct.T`` (``mlr.md`` section 1)."""
+        ``s = sum_l p_l r_l``, with ``A_perm = Bt @ Ct.T`` (``mlr.md`` section 1). Columns are
+        grouped by level, coarse to fine, and by block within a level."""
         return self._expand(self.rows, self._B_lv), self._expand(self.cols, self._C_lv)
 
     def _expand(self, h: Hierarchy, factors: list[np.ndarray]) -> sp.csr_matrix:
@@ -270,10 +271,52 @@ class MLRMatrix(spla.LinearOperator):
             shape=(h.n, s_off),
         )
 
+    def _system_parts(self) -> tuple[sp.spmatrix, sp.csr_matrix, sp.csr_matrix]:
+        """``(A_fine, Bt, Ct)`` with ``A_perm = A_fine + Bt Ct^T``: the finest level as an
+        explicit sparse block-diagonal matrix when its blocks are small (at most 8 (m + n) r_L
+        nonzeros), else folded into the expanded factors; expanded columns ordered from the
+        finest level to the coarsest, so that a sparse LU in this natural order eliminates
+        leaves first and fills in only along root-to-leaf paths."""
+        m, n = self.shape
+        L = self.n_levels
+        Bl, Cl = self.level(L - 1)
+        rb, cb = self.rows.boundaries[-1], self.cols.boundaries[-1]
+        nnz_fine = int(np.dot(np.diff(rb), np.diff(cb)))
+        explicit = Bl.shape[1] > 0 and nnz_fine <= 8 * (m + n) * Bl.shape[1]
+        if explicit:
+            ri, ci, vals = [], [], []
+            for k in range(rb.size - 1):  # finest blocks are small here: at most 8 (m+n) r_L
+                blk = Bl[rb[k]:rb[k + 1]] @ Cl[cb[k]:cb[k + 1]].T
+                ii, jj = np.meshgrid(np.arange(rb[k], rb[k + 1]), np.arange(cb[k], cb[k + 1]),
+                                     indexing="ij")
+                ri.append(ii.ravel())
+                ci.append(jj.ravel())
+                vals.append(blk.ravel())
+            A_fine = sp.csr_matrix(
+                (np.concatenate(vals), (np.concatenate(ri), np.concatenate(ci))), shape=(m, n)
+            )
+            levels = range(L - 2, -1, -1)
+        else:
+            A_fine = sp.csr_matrix((m, n), dtype=self.dtype)
+            levels = range(L - 1, -1, -1)
+        Bs = [self._expand_level(self.rows, self._B_lv[lvl], lvl) for lvl in levels]
+        Cs = [self._expand_level(self.cols, self._C_lv[lvl], lvl) for lvl in levels]
+        Bt = sp.hstack([sp.csr_matrix((m, 0)), *Bs], format="csr")
+        Ct = sp.hstack([sp.csr_matrix((n, 0)), *Cs], format="csr")
+        return A_fine, Bt, Ct
+
+    def _expand_level(self, h: Hierarchy, F: np.ndarray, lvl: int) -> sp.csr_matrix:
+        r_l = F.shape[1]
+        cols = h.block_of(lvl)[:, None] * r_l + np.arange(r_l)[None, :]
+        return sp.csr_matrix(
+            (F.ravel(), (np.repeat(np.arange(h.n), r_l), cols.ravel())),
+            shape=(h.n, h.n_blocks[lvl] * r_l),
+        )
+
     @staticmethod
     def _sparse_solve(M: sp.spmatrix, rhs: np.ndarray, what: str) -> np.ndarray:
         try:
-            lu = spla.splu(sp.csc_matrix(M))
+            lu = spla.splu(sp.csc_matrix(M), permc_spec="NATURAL", diag_pivot_thresh=0.1)
         except RuntimeError as exc:  # SuperLU: "Factor is exactly singular"
             raise np.linalg.LinAlgError(f"{what}: the matrix is singular ({exc})") from None
         sol = lu.solve(np.asarray(rhs, dtype=np.result_type(M.dtype, rhs.dtype)))
@@ -281,63 +324,88 @@ class MLRMatrix(spla.LinearOperator):
             raise np.linalg.LinAlgError(f"{what}: the matrix is singular")
         return sol
 
+    def _check_rhs(self, b: Any) -> np.ndarray:
+        b = np.asarray(b)
+        m = self.shape[0]
+        if b.ndim not in (1, 2) or b.shape[0] != m:
+            raise InputError(f"b has shape {b.shape}, expected ({m},) or ({m}, k)")
+        if not np.all(np.isfinite(b)):
+            raise InputError("b contains NaN or inf")
+        return b
+
     def solve(self, b: Any) -> np.ndarray:
         """Solve ``A x = b`` for a square invertible MLR matrix; ``b`` (n,) or (n, k).
 
-        Uses a sparse LU of the expanded system ``[[Ct^T, -I], [0, Bt]] [x; z] = [0; b]``
-        ((n + s) unknowns, ``s = sum_l p_l r_l``); no dense n x n matrix is formed.
-        Raises ``numpy.linalg.LinAlgError`` for a singular matrix.
+        Sparse LU of the expanded system ``[[A_fine, Bt], [Ct^T, -I]] [x; z] = [b; 0]``
+        (``A_fine`` the finest level, ``z = Ct^T x`` the coarse-level block products), with
+        leaves eliminated first; no dense n x n matrix is formed. Raises
+        ``numpy.linalg.LinAlgError`` for a singular matrix.
         """
         m, n = self.shape
         if m != n:
             raise InputError(f"solve needs a square matrix, got {m} x {n}; use lstsq")
-        b = np.asarray(b)
-        if b.shape[0] != m or b.ndim > 2:
-            raise InputError(f"b has shape {b.shape}, expected ({m},) or ({m}, k)")
-        Bt, Ct = self.expanded_factors()
+        b = self._check_rhs(b)
+        self._check_rank(n, "solve")
+        A_fine, Bt, Ct = self._system_parts()
         s = Bt.shape[1]
-        if s < n:
-            raise np.linalg.LinAlgError(f"solve: the matrix is singular (rank <= {s} < {n})")
-        M = sp.bmat([[Ct.T, -sp.identity(s)], [None, Bt]], format="csc")
-        rhs = np.zeros((s + m, *b.shape[1:]), dtype=np.result_type(self.dtype, b.dtype))
-        rhs[s:] = b[self.rows.perm]
+        M = sp.bmat([[A_fine, Bt], [Ct.T, -sp.identity(s)]], format="csc")
+        rhs = np.zeros((n + s, *b.shape[1:]), dtype=np.result_type(self.dtype, b.dtype))
+        rhs[:n] = b[self.rows.perm]
         sol = self._sparse_solve(M, rhs, "solve")
         x = np.empty((n, *b.shape[1:]), dtype=sol.dtype)
         x[self.cols.perm] = sol[:n]
+        self._check_residual(self.matmat(x.reshape(n, -1)) - b.reshape(m, -1), x, b, "solve")
         return x
 
     def lstsq(self, b: Any) -> np.ndarray:
         """Least-squares solution of ``min ||A x - b||_2`` for A of full column rank.
 
-        Solves the sparse augmented system in ``(r, x, z, w)``: ``r + Bt z = b``,
-        ``Ct^T x = z``, ``Bt^T r = w``, ``Ct w = 0`` (``A^T r = 0`` for the residual ``r``),
-        by sparse LU; no dense matrix is formed. Raises ``numpy.linalg.LinAlgError`` when A is
-        rank deficient (then use ``scipy.sparse.linalg.lsmr(A, b)`` on this operator).
+        Sparse LU of the augmented system in ``(r, x, z, w)``: ``r + A_fine x + Bt z = b``,
+        ``A_fine^T r + Ct w = 0`` (so ``A^T r = 0``), ``z = Ct^T x``, ``w = Bt^T r``; no dense
+        matrix is formed. Raises ``numpy.linalg.LinAlgError`` when A is rank deficient (then
+        use ``scipy.sparse.linalg.lsmr(A, b)`` on this operator).
         """
         m, n = self.shape
-        b = np.asarray(b)
-        if b.shape[0] != m or b.ndim > 2:
-            raise InputError(f"b has shape {b.shape}, expected ({m},) or ({m}, k)")
-        Bt, Ct = self.expanded_factors()
+        b = self._check_rhs(b)
+        self._check_rank(n, "lstsq")
+        A_fine, Bt, Ct = self._system_parts()
         s = Bt.shape[1]
-        if s < n:
-            raise np.linalg.LinAlgError(f"lstsq: rank <= {s} < {n} columns (rank deficient)")
-        eye_s = sp.identity(s)
+        eye = sp.identity(s)
         M = sp.bmat(
             [
-                [sp.identity(m), None, Bt, None],
-                [None, Ct.T, -eye_s, None],
-                [Bt.T, None, None, -eye_s],
-                [None, None, None, Ct],
+                [sp.identity(m), A_fine, Bt, None],
+                [A_fine.T, None, None, Ct],
+                [None, Ct.T, -eye, None],
+                [Bt.T, None, None, -eye],
             ],
             format="csc",
         )
-        rhs = np.zeros((m + 2 * s + n, *b.shape[1:]), dtype=np.result_type(self.dtype, b.dtype))
+        rhs = np.zeros((m + n + 2 * s, *b.shape[1:]), dtype=np.result_type(self.dtype, b.dtype))
         rhs[:m] = b[self.rows.perm]
         sol = self._sparse_solve(M, rhs, "lstsq")
         x = np.empty((n, *b.shape[1:]), dtype=sol.dtype)
         x[self.cols.perm] = sol[m:m + n]
+        resid = self.matmat(x.reshape(n, -1)) - b.reshape(m, -1)
+        self._check_residual(self.rmatmat(resid), x, b, "lstsq")
         return x
+
+    def _check_rank(self, n: int, what: str) -> None:
+        bound = sum(p * r for p, r in zip(self.rows.n_blocks, self.ranks, strict=True))
+        if bound < n:
+            raise np.linalg.LinAlgError(
+                f"{what}: the matrix is singular (rank at most {bound} < {n} columns)"
+            )
+
+    def _check_residual(self, resid: np.ndarray, x: np.ndarray, b: np.ndarray, what: str) -> None:
+        """Reject a numerically singular system: the residual (or normal-equation residual)
+        must be small next to the sizes of the factors, x and b."""
+        scale = (np.linalg.norm(self.B) * np.linalg.norm(self.C) + 1e-300) * (
+            np.linalg.norm(x) + 1.0
+        ) + np.linalg.norm(b)
+        if what == "lstsq":
+            scale *= np.linalg.norm(self.B) * np.linalg.norm(self.C) + 1e-300
+        if not np.linalg.norm(resid) <= 1e-8 * scale:
+            raise np.linalg.LinAlgError(f"{what}: the matrix is singular to working precision")
 
     # ------------------------------------------------------------------ storage
     def save(self, path: str | os.PathLike, *, overwrite: bool = True) -> None:
