@@ -22,6 +22,32 @@ SINGLE_THREAD_ENV = {
 }
 
 
+#: Options of the current command-line session (set by the CLI's global flags).
+SESSION: dict[str, Any] = {"report": None}
+
+
+@contextlib.contextmanager
+def stage(name: str) -> Iterator[None]:
+    """Name a stage of work on the dashboard (``distributed.span``); a no-op without a
+    distributed client."""
+    from distributed import span
+
+    with span(name):
+        yield
+
+
+@contextlib.contextmanager
+def _maybe_report(client: Any) -> Iterator[None]:
+    path = SESSION.get("report")
+    if not path:
+        yield
+        return
+    from distributed import performance_report
+
+    with performance_report(filename=str(path)):
+        yield
+
+
 def _prepare(client: Any) -> None:
     """Compile the numba kernels once on every worker (now and on workers that join later)."""
     from mlr_dask.workers import WarmKernels
@@ -60,7 +86,8 @@ def connect(
             if not quiet:
                 print(f"dask dashboard: {client.dashboard_link}", file=sys.stderr)
             _prepare(client)
-            yield client
+            with _maybe_report(client):
+                yield client
         finally:
             client.close()
         return
@@ -89,7 +116,8 @@ def connect(
         if not quiet:
             print(f"dask dashboard: {client.dashboard_link}", file=sys.stderr)
         _prepare(client)
-        yield client
+        with _maybe_report(client):
+            yield client
     finally:
         client.close()
         cluster.close()

@@ -49,6 +49,10 @@ def common_flags() -> argparse.ArgumentParser:
     )
     common.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     common.add_argument("--quiet", action="store_true", help="no progress bars or messages")
+    common.add_argument(
+        "--report", metavar="HTML", default=None,
+        help="save a Dask performance report of the cluster work to this HTML file",
+    )
     return common
 
 
@@ -105,6 +109,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        from mlr_dask import cluster
+
+        cluster.SESSION["report"] = getattr(args, "report", None)
         result = args.func(args)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)

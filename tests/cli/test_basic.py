@@ -79,9 +79,11 @@ def test_console_entry_point(tmp_path):
     assert proc.stderr.strip().startswith("error:") and len(proc.stderr.strip().splitlines()) == 1
 
 
-def test_demo_on_threads_cluster(tmp_path, capsys):
+def test_demo_on_local_cluster(tmp_path, capsys):
+    report = tmp_path / "report.html"
     code, stdout, _ = run(["demo", "--n", "256", "--rank", "8", "--workers", "1", "--json",
-                           "--quiet"], capsys)
+                           "--quiet", "--report", str(report)], capsys)
     assert code == 0
+    assert report.stat().st_size > 1000
     out = json.loads(stdout)
     assert out["rel_error_mlr_part"] == pytest.approx(out["rel_error_in_memory"], rel=1e-10)
