@@ -156,6 +156,23 @@ class Hierarchy:
         return cls(bounds, perm, level_names=names)
 
     @classmethod
+    def from_coords(cls, obj: Any, dim: str, names: Sequence[str]) -> Hierarchy:
+        """Hierarchy of dimension ``dim`` of an xarray object from the coordinates ``names``
+        (coarse to fine) that hold each item's label on ``dim`` (e.g. sector, industry)."""
+        if dim not in obj.dims:
+            raise InputError(f"dimension {dim!r} not found; dimensions are {list(obj.dims)}")
+        labels = []
+        for name in names:
+            if name not in obj.coords:
+                raise InputError(f"coordinate {name!r} not found; coordinates are "
+                                 f"{list(obj.coords)}")
+            coord = obj.coords[name]
+            if coord.dims != (dim,):
+                raise InputError(f"coordinate {name!r} has dims {coord.dims}, expected ({dim!r},)")
+            labels.append(coord.values)
+        return cls.from_labels(labels, level_names=list(names))
+
+    @classmethod
     def dyadic(cls, n: int, n_levels: int, *, perm: Any = None) -> Hierarchy:
         """Repeated bisection: level ``l`` has ``2**l`` near-equal blocks, l = 0..n_levels-1."""
         n, n_levels = int(n), int(n_levels)

@@ -109,3 +109,22 @@ def test_zarr_round_trip(tmp_path):
     g = zarr.open_group(str(tmp_path / "h.zarr"), mode="w")
     h.write_zarr(g)
     assert Hierarchy.read_zarr(zarr.open_group(str(tmp_path / "h.zarr"), mode="r")) == h
+
+
+def test_from_coords_xarray():
+    import xarray as xr
+
+    da = xr.DataArray(
+        np.zeros((2, 5)), dims=("sample", "feature"),
+        coords={"sector": ("feature", ["x", "y", "x", "y", "x"]),
+                "industry": ("feature", [1, 1, 2, 1, 1]),
+                "day": ("sample", [0, 1])},
+    )
+    h = Hierarchy.from_coords(da, "feature", ["sector", "industry"])
+    assert h.n_blocks == (1, 2, 3)
+    assert h.level_names == ("root", "sector", "industry")
+    assert h.perm.tolist() == [0, 4, 2, 1, 3]
+    with pytest.raises(InputError, match="not found"):
+        Hierarchy.from_coords(da, "feature", ["gics"])
+    with pytest.raises(InputError, match="dims"):
+        Hierarchy.from_coords(da, "feature", ["day"])
