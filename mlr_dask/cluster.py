@@ -22,6 +22,9 @@ SINGLE_THREAD_ENV = {
 }
 
 
+#: ``--scheduler`` values that mean Dask's in-process schedulers, no cluster.
+LOCAL_SCHEDULERS = ("threads", "synchronous")
+
 #: Options of the current command-line session (set by the CLI's global flags).
 SESSION: dict[str, Any] = {"report": None}
 
@@ -71,12 +74,20 @@ def connect(
     Parameters
     ----------
     address : scheduler address (``tcp://host:8786``); ``None`` starts a LocalCluster bound to
-        127.0.0.1 with ``n_workers`` (default: the number of cores) single-threaded workers.
+        127.0.0.1 with ``n_workers`` (default: the number of cores) single-threaded workers;
+        ``"threads"`` or ``"synchronous"`` run Dask's local scheduler in this process with no
+        cluster (then ``None`` is yielded instead of a client).
     memory_limit : per-worker memory limit for the embedded cluster (bytes or ``"2GB"``).
     quiet : do not print the dashboard link.
     """
     from distributed import Client, LocalCluster
 
+    if address in LOCAL_SCHEDULERS:
+        import dask
+
+        with dask.config.set(scheduler=address):
+            yield None
+        return
     if address:
         try:
             client = Client(address, timeout=timeout)

@@ -45,7 +45,8 @@ def common_flags() -> argparse.ArgumentParser:
         "--scheduler",
         metavar="ADDRESS",
         default=None,
-        help="address of a running Dask scheduler (default: an embedded LocalCluster on 127.0.0.1)",
+        help="address of a running Dask scheduler (default: an embedded LocalCluster on "
+        "127.0.0.1); 'threads' or 'synchronous' run Dask in this process with no cluster",
     )
     common.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     common.add_argument("--quiet", action="store_true", help="no progress bars or messages")

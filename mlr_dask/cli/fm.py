@@ -1,0 +1,217 @@
+"""``mlr-dask fit-fm``, ``mlr-dask score`` and ``mlr-dask generate fm``: multilevel factor
+models on data stored in zarr.
+
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mlr_dask.errors import InputError
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") \
+            from None
+
+
+def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("fit-fm", parents=[common],
+                       help="fit a multilevel factor model by EM (Dask, out of core)")
+    p.add_argument("data", help="zarr data store (fm-data, or an xarray store with --levels)")
+    p.add_argument("--ranks", type=_ints, required=True, help="one rank per factor level, e.g. "
+                   "30,20,10,5,4")
+    p.add_argument("--out", required=True, help="output model store (zarr)")
+    p.add_argument("--max-iter", type=int, default=20)
+    p.add_argument("--tol", type=float, default=1e-6,
+                   help="stop when the log-likelihood grows by less than tol * |loglike|")
+    p.add_argument("--init", choices=("svd", "random"), default="svd")
+    p.add_argument("--seed", type=int, default=None, help="seed for --init random")
+    p.add_argument("--array", default=None, help="array (or variable) to fit (default Y)")
+    p.add_argument("--levels", type=lambda s: [x for x in s.split(",") if x], default=None,
+                   help="coordinate names along 'feature' holding the level labels (xarray "
+                   "store), coarse to fine")
+    p.add_argument("--centered", action="store_true", help="data are centred (fit no mean)")
+    p.add_argument("--checkpoint-every", type=int, default=0, metavar="K",
+                   help="checkpoint into the output store every K iterations")
+    p.add_argument("--resume", action="store_true", help="resume from the output's checkpoint")
+    p.add_argument("--chunk-size", type=int, default=None,
+                   help="features per Dask chunk (whole leaves; default ~64 MiB per chunk)")
+    p.add_argument("--workers", type=int, default=None, help="embedded cluster workers")
+    p.add_argument("--memory-limit", default="auto", help="per-worker memory limit (embedded)")
+    p.set_defaults(func=run_fit_fm)
+
+    s = sub.add_parser("score", parents=[common],
+                       help="average log-likelihood per sample of a factor model on data")
+    s.add_argument("model", help="model store written by fit-fm")
+    s.add_argument("data", help="zarr data store")
+    s.add_argument("--array", default=None, help="array to score (default Y_test if present, "
+                   "else Y)")
+    s.add_argument("--workers", type=int, default=None, help="embedded cluster workers")
+    s.set_defaults(func=run_score)
+
+
+def register_generate(gen: Any, common: argparse.ArgumentParser) -> None:
+    p = gen.add_parser("fm", parents=[common],
+                       help="synthetic multilevel factor model data (train, test, truth)")
+    p.add_argument("--n", type=int, default=10_000, help="features (default 10000)")
+    p.add_argument("--samples", type=int, default=280, help="train samples N (default 280)")
+    p.add_argument("--test-samples", type=int, default=None, help="test samples (default N)")
+    p.add_argument("--seed", type=int, default=1001)
+    p.add_argument("--ranks", type=_ints, default=[30, 20, 10, 5, 4])
+    p.add_argument("--points", type=_ints, default=[2, 5, 9, 17, 33],
+                   help="linspace points G per level (default 2,5,9,17,33)")
+    p.add_argument("--leaves", type=int, default=None, help="leaves of the last level "
+                   "(a multiple of 16 keeps the levels nested)")
+    p.add_argument("--float32", action="store_true", help="store Y as float32")
+    p.add_argument("--out", required=True, help="output zarr store")
+    p.set_defaults(func=run_generate_fm)
+
+
+@contextlib.contextmanager
+def _scheduler(args: argparse.Namespace, **kw: Any) -> Iterator[None]:
+    from mlr_dask.cluster import connect
+
+    with connect(args.scheduler, quiet=args.quiet, **kw):
+        yield
+
+
+def _open_input(args: argparse.Namespace) -> tuple[Any, Any]:
+    """(data, hierarchy) for the model: a store path, or an xarray DataArray with --levels."""
+    if not Path(args.data).exists():
+        raise InputError(f"no such data store: {args.data!r}")
+    if not args.levels:
+        return args.data, None
+    import xarray as xr
+
+    try:
+        ds = xr.open_zarr(args.data, consolidated=False)
+    except Exception as exc:
+        raise InputError(f"{args.data!r} is not an xarray zarr store: {exc}") from None
+    name = args.array or next(iter(ds.data_vars), None)
+    if name not in ds.data_vars:
+        raise InputError(f"{args.data!r} has no variable {name!r}")
+    return ds[name], args.levels
+
+
+def run_fit_fm(args: argparse.Namespace) -> dict[str, Any]:
+    from tqdm.auto import tqdm
+
+    from mlr_dask.fm import MultilevelFactorModel
+
+    if args.max_iter < 0:
+        raise InputError("--max-iter must be >= 0")
+    if args.checkpoint_every < 0:
+        raise InputError("--checkpoint-every must be >= 0")
+    out = Path(args.out)
+    if not out.parent.exists():
+        raise InputError(f"output directory {str(out.parent)!r} does not exist")
+    if args.resume and not args.checkpoint_every:
+        raise InputError("--resume needs --checkpoint-every")
+    data, hier = _open_input(args)
+    model = MultilevelFactorModel(hier, args.ranks, max_iter=args.max_iter, tol=args.tol,
+                                  init=args.init, random_state=args.seed,
+                                  assume_centered=args.centered, chunk_size=args.chunk_size)
+    array = None if args.levels else args.array
+    fd, tree = model.prepare(data, array=array)  # all checks, no work
+    log_path = out.with_name(out.name + ".iterations.jsonl")
+    bar = tqdm(total=args.max_iter, desc="EM", unit="it", file=sys.stderr,
+               disable=args.quiet, dynamic_ncols=True)
+    log = {"file": None}
+
+    def on_iter(info: dict) -> None:
+        if log["file"] is None:
+            log["file"] = open(log_path, "a" if args.resume else "w")  # noqa: SIM115
+        log["file"].write(json.dumps({**info, "time": time.time()}) + "\n")
+        log["file"].flush()
+        if bar.n == 0 and info["iteration"] > 1:
+            bar.update(info["iteration"] - 1)
+        bar.update(1)
+        bar.set_postfix(loglike=f"{info['loglike']:.6g}")
+
+    ckpt = out if args.checkpoint_every else None
+    t0 = time.perf_counter()
+    try:
+        with _scheduler(args, n_workers=args.workers, memory_limit=args.memory_limit):
+            model.fit(data, array=array, checkpoint=ckpt, checkpoint_every=args.checkpoint_every,
+                      resume=args.resume, callback=on_iter)
+    finally:
+        bar.close()
+        if log["file"] is not None:
+            log["file"].close()
+    total = time.perf_counter() - t0
+    model.save(out)
+    secs = model.iter_seconds_
+    return {
+        "out": str(out),
+        "loglike": model.loglike_,
+        "loglike_init": model.loglike_init_,
+        "n_iter": model.n_iter_,
+        "converged": model.converged_,
+        "seconds_per_iter": float(np.mean(secs)) if secs else None,
+        "seconds_start": model.start_seconds_,
+        "seconds_total": total,
+        "n_features": fd.shape[1],
+        "n_samples": fd.shape[0],
+        "ranks": list(tree.ranks),
+        "n_groups": list(tree.n_groups),
+        "passes": model.n_passes_,
+        "log": str(log_path),
+    }
+
+
+def run_score(args: argparse.Namespace) -> dict[str, Any]:
+    from mlr_dask.fm import MultilevelFactorModel
+    from mlr_dask.fm.inputs import open_data
+
+    model = MultilevelFactorModel.load(args.model)
+    if not Path(args.data).exists():
+        raise InputError(f"no such data store: {args.data!r}")
+    array = args.array
+    if array is None:
+        _, _, g = open_data(args.data)
+        array = "Y_test" if "Y_test" in g.array_keys() else "Y"
+    open_data(args.data, array)  # checks before starting a cluster
+    with _scheduler(args, n_workers=args.workers):
+        ll = model.score_samples(args.data, array=array)
+    return {"score": float(ll.mean()), "n_samples": int(ll.size), "array": array,
+            "model": args.model, "data": args.data}
+
+
+def run_generate_fm(args: argparse.Namespace) -> dict[str, Any]:
+    from mlr_dask.fm import MultilevelFactorModel
+    from mlr_dask.fm.data import generate_fm, write_fm
+
+    out = Path(args.out)
+    if not out.parent.exists():
+        raise InputError(f"output directory {str(out.parent)!r} does not exist")
+    if args.n < 2 or args.samples < 2:
+        raise InputError("--n and --samples must be at least 2")
+    if len(args.ranks) != len(args.points):
+        raise InputError(f"{len(args.ranks)} ranks for {len(args.points)} levels (--points)")
+    t0 = time.perf_counter()
+    prob = generate_fm(args.n, args.samples, args.seed, ranks=args.ranks, points=args.points,
+                       leaves=args.leaves, n_test=args.test_samples)
+    truth = MultilevelFactorModel.from_parameters(prob.hierarchy, prob.ranks, prob.F, prob.D)
+    attrs = {"seed": args.seed, "points": args.points, "leaves": args.leaves,
+             "true_loglike_train": truth.score(prob.Y),
+             "true_loglike_test": truth.score(prob.Y_test)}
+    write_fm(out, prob, dtype=np.float32 if args.float32 else np.float64, attrs=attrs)
+    return {"out": str(out), "n_features": args.n, "n_samples": args.samples,
+            "n_test": int(prob.Y_test.shape[0]), "ranks": list(prob.ranks),
+            "n_groups": list(prob.hierarchy.n_blocks),
+            "true_loglike_train": attrs["true_loglike_train"],
+            "true_loglike_test": attrs["true_loglike_test"],
+            "seconds": time.perf_counter() - t0}

@@ -1,0 +1,386 @@
+"""Per-chunk work of the factor model: plain functions on numpy arrays, called in a loop by the
+in-memory fit and inside Dask tasks by the Dask fit (the same code for both).
+
+A chunk is a run of whole leaves (finest factor groups): feature positions ``[start, stop)`` of
+the hierarchy order, all samples. ``Y_block`` is the raw (N, n_c) block; the chunk centres it
+with its slice of the mean and works on the transposed, contiguous ``yt`` (n_c, N).
+
+Per-chunk statistics (:class:`ChunkStats`) are small: for each level, the path-block rows of
+``K - I`` and the rows of ``P = F_hat^T D^-1 Y^T`` of the groups that meet the chunk, and two
+sums for the log-likelihood. They are summed over chunks on the driver.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from mlr_dask.errors import InputError
+
+__all__ = [
+    "FLOOR_ABS",
+    "FLOOR_REL",
+    "INIT_FLOOR_REL",
+    "ChunkPlan",
+    "ChunkStats",
+    "make_plan",
+    "task_moments",
+    "task_init",
+    "task_em",
+    "task_stats",
+]
+
+#: The noise variance of feature j is floored at ``max(FLOOR_REL * var_j, FLOOR_ABS)`` after
+#: every M-step (``var_j`` its sample variance), so D stays positive.
+FLOOR_REL = 1e-8
+FLOOR_ABS = 1e-12
+#: At the SVD start D is the variance left over by the leading directions, floored at
+#: ``INIT_FLOOR_REL * var_j`` (a start close to singular would slow EM down).
+INIT_FLOOR_REL = 1e-2
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    """Where a chunk sits in the tree (small; sent with every task).
+
+    Attributes
+    ----------
+    start, stop : feature positions (hierarchy order) of the chunk.
+    offsets : (L + 1,) column offsets of the levels in the compressed loadings.
+    group_lo : (L,) first group of each level meeting the chunk.
+    group_bounds : per level, local boundaries (k_l + 1,) of the chunk's pieces of its groups.
+    leaf_bounds : (k + 1,) local boundaries of the chunk's leaves.
+    leaf_anc : (k, L) group at every level of each of the chunk's leaves.
+    block_level : the level m whose groups are the chunk's *blocks*: the products with Y for
+        levels 0..m are done per block with the stacked factors of its whole path (Y read
+        once), those of the finer levels per group.
+    block_anc : (k_m, m + 1) group at levels 0..m of each block (block j is the piece
+        ``group_bounds[m][j]:group_bounds[m][j + 1]``).
+    """
+
+    start: int
+    stop: int
+    offsets: np.ndarray
+    group_lo: np.ndarray
+    group_bounds: tuple[np.ndarray, ...]
+    leaf_bounds: np.ndarray
+    leaf_anc: np.ndarray
+    block_level: int
+    block_anc: np.ndarray
+
+    @property
+    def n_levels(self) -> int:
+        return self.offsets.size - 1
+
+    @property
+    def size(self) -> int:
+        return self.stop - self.start
+
+
+#: Blocks are the groups of the finest level whose mean size is at least this many features.
+BLOCK_MIN_FEATURES = 256
+
+
+def block_level(tree) -> int:
+    """The level whose groups are the blocks (see :class:`ChunkPlan`)."""
+    m = 0
+    for lvl in range(tree.n_levels):
+        if tree.n / tree.n_groups[lvl] >= BLOCK_MIN_FEATURES:
+            m = lvl
+    return m
+
+
+def make_plan(tree, start: int, stop: int) -> ChunkPlan:
+    """Plan of the chunk ``[start, stop)`` of a :class:`~mlr_dask.fm.tree.FactorTree`; the
+    chunk must be made of whole leaves."""
+    leaf_b = tree.bounds[-1]
+    lo = int(np.searchsorted(leaf_b, start))
+    hi = int(np.searchsorted(leaf_b, stop))
+    if leaf_b[lo] != start or leaf_b[hi] != stop or hi <= lo:
+        raise InputError(f"chunk [{start}, {stop}) is not made of whole leaves")
+    group_lo, group_bounds = [], []
+    for lvl in range(tree.n_levels):
+        b = tree.bounds[lvl]
+        g0 = int(np.searchsorted(b, start, side="right")) - 1
+        g1 = int(np.searchsorted(b, stop, side="left"))  # exclusive
+        inner = np.clip(b[g0:g1 + 1], start, stop) - start
+        group_lo.append(g0)
+        group_bounds.append(inner.astype(np.int64))
+    return ChunkPlan(
+        start=int(start),
+        stop=int(stop),
+        offsets=np.asarray(tree.offsets),
+        group_lo=np.asarray(group_lo, dtype=np.int64),
+        group_bounds=tuple(group_bounds),
+        leaf_bounds=(leaf_b[lo:hi + 1] - start).astype(np.int64),
+        leaf_anc=np.asarray(tree.leaf_anc[lo:hi]),
+        block_level=(m := block_level(tree)),
+        block_anc=np.asarray(
+            tree.group_anc[m][group_lo[m]:group_lo[m] + group_bounds[m].size - 1]),
+    )
+
+
+@dataclass(frozen=True)
+class ChunkStats:
+    """Small statistics of one chunk.
+
+    Attributes
+    ----------
+    group_lo : (L,) first group of each level in the parts below.
+    K : per level (k_l, r_l, o_{l+1}): path-block rows of ``F_hat^T D^-1 F_hat``.
+    P : per level (k_l, r_l, N): rows of ``F_hat^T D^-1 Y^T``.
+    sum_logd : sum of log D_j over the chunk.
+    ysq_d : (N,) per sample, sum over the chunk of ``y_ij^2 / D_j``.
+    """
+
+    group_lo: np.ndarray
+    K: tuple[np.ndarray, ...]
+    P: tuple[np.ndarray, ...]
+    sum_logd: float
+    ysq_d: np.ndarray
+
+
+def task_moments(Y_block: np.ndarray, plan: ChunkPlan, opts: tuple[bool, bool]) -> dict:
+    """First pass: the chunk's column means, its column sums of squares (centred), the count
+    of non-finite entries and, when asked, its part of the (N, N) Gram matrix of the centred
+    data. ``opts = (centre, gram)``.
+
+    No centred copy of the block is made: the sums of squares are taken over row slabs, and
+    the Gram is ``Y Y^T - u 1^T - 1 u^T + (m.m) 1 1^T`` with ``u = Y m`` (exact algebra; it only
+    loses accuracy when the means dwarf the spread, and only feeds the SVD start)."""
+    centre, want_gram = opts
+    Y = np.asarray(Y_block)
+    bad = int(Y.size - np.count_nonzero(np.isfinite(Y)))
+    if bad:
+        return {"bad": bad}
+    Y = _as_f64(Y)
+    mean = Y.mean(axis=0) if centre else np.zeros(Y.shape[1])
+    sumsq = np.zeros(Y.shape[1])
+    for i in range(0, Y.shape[0], 64):
+        yc = Y[i:i + 64] - mean
+        sumsq += np.einsum("ij,ij->j", yc, yc)
+    gram = None
+    if want_gram:
+        gram = Y @ Y.T
+        if centre:
+            u = Y @ mean
+            gram -= u[:, None]
+            gram -= u[None, :]
+            gram += float(mean @ mean)
+    return {"bad": 0, "mean": mean, "gram": gram, "sumsq": sumsq}
+
+
+def chunk_stats(Y: np.ndarray, mean: np.ndarray, FT: np.ndarray, D: np.ndarray,
+                plan: ChunkPlan, sumsq: np.ndarray | None = None) -> ChunkStats:
+    """Statistics of a chunk for loadings ``FT`` (R, n_c) and noise ``D`` (n_c,); ``Y`` (N, n_c)
+    raw block, ``mean`` (n_c,). With ``sumsq`` (n_c,) (column sums of squares of the centred
+    block) ``ysq_d`` is only the total, in entry 0 (EM); without it, per sample (scoring).
+
+    Leaf contributions are summed into the groups: per block (see :class:`ChunkPlan`) one
+    product with Y for all the levels of its path, scattered to the ancestors; per group for
+    the finer levels. The centring is applied to the products
+    (``A^T (Y - 1 m^T)^T = A^T Y^T - (A^T m) 1^T``), so Y is never copied."""
+    rs = 1.0 / np.sqrt(D)
+    N = Y.shape[0]
+    L = plan.n_levels
+    off = plan.offsets
+    Ks = [np.zeros((plan.group_bounds[lvl].size - 1, int(off[lvl + 1] - off[lvl]),
+                    int(off[lvl + 1]))) for lvl in range(L)]
+    Ps = [np.zeros((plan.group_bounds[lvl].size - 1, int(off[lvl + 1] - off[lvl]), N))
+          for lvl in range(L)]
+    m = plan.block_level
+    o = int(off[m + 1])
+    gb = plan.group_bounds[m].tolist()
+    # K - I = B^T B blockwise with B = D^-1/2 F (symmetric products) ...
+    BT = FT * rs
+    for j in range(len(gb) - 1):
+        a, b = gb[j], gb[j + 1]
+        Bj = BT[:o, a:b]
+        G = Bj @ Bj.T
+        for lvl in range(m + 1):
+            o0, o1 = int(off[lvl]), int(off[lvl + 1])
+            Ks[lvl][int(plan.block_anc[j, lvl] - plan.group_lo[lvl])] += G[o0:o1, :o1]
+    if m + 1 < L:  # finer levels: per group, row-major copies make the small products fast
+        B = np.ascontiguousarray(BT.T)
+        for lvl in range(m + 1, L):
+            o0, o1 = int(off[lvl]), int(off[lvl + 1])
+            gl = plan.group_bounds[lvl].tolist()
+            Kl = Ks[lvl]
+            for j in range(len(gl) - 1):
+                a, b = gl[j], gl[j + 1]
+                np.matmul(B[a:b, o0:o1].T, B[a:b, :o1], out=Kl[j])
+        del B
+    # ... then P = A^T Y^T with A = D^-1 F (in place: A^T = B^T D^-1/2)
+    AT = BT
+    AT *= rs
+    del BT
+    for j in range(len(gb) - 1):
+        a, b = gb[j], gb[j + 1]
+        T = AT[:o, a:b] @ Y[:, a:b].T
+        for lvl in range(m + 1):
+            o0, o1 = int(off[lvl]), int(off[lvl + 1])
+            Ps[lvl][int(plan.block_anc[j, lvl] - plan.group_lo[lvl])] += T[o0:o1]
+    if m + 1 < L:
+        A = np.ascontiguousarray(AT.T)
+        for lvl in range(m + 1, L):
+            o0, o1 = int(off[lvl]), int(off[lvl + 1])
+            gl = plan.group_bounds[lvl].tolist()
+            Pl = Ps[lvl]
+            for j in range(len(gl) - 1):
+                a, b = gl[j], gl[j + 1]
+                np.matmul(A[a:b, o0:o1].T, Y[:, a:b].T, out=Pl[j])
+        del A
+    if np.any(mean):  # centring: P_g -= (sum_{j in g} a_j m_j) 1^T, per level at once
+        am = AT * mean
+        for lvl in range(L):
+            o0, o1 = int(off[lvl]), int(off[lvl + 1])
+            seg = np.add.reduceat(am[o0:o1], plan.group_bounds[lvl][:-1], axis=1)  # (r, k)
+            Ps[lvl] -= seg.T[:, :, None]
+    if sumsq is not None:
+        ysq_d = np.zeros(N)
+        ysq_d[0] = float(np.sum(sumsq / D))
+    else:
+        yc = Y - mean
+        ysq_d = np.einsum("ij,ij->i", yc, yc / D)
+    return ChunkStats(
+        group_lo=plan.group_lo, K=tuple(Ks), P=tuple(Ps),
+        sum_logd=float(np.log(D).sum()), ysq_d=ysq_d,
+    )
+
+
+def _floor(D: np.ndarray, var: np.ndarray, rel: float) -> np.ndarray:
+    return np.maximum(D, np.maximum(rel * var, FLOOR_ABS))
+
+
+def _as_f64(Y_block: np.ndarray) -> np.ndarray:
+    Y = np.asarray(Y_block)
+    return Y if Y.dtype == np.float64 else Y.astype(np.float64)
+
+
+def task_init(
+    Y_block: np.ndarray, plan: ChunkPlan, mean_c: np.ndarray, sumsq_c: np.ndarray,
+    U: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, ChunkStats]:
+    """SVD start for the chunk, returns ``(FT (R, n_c), D, stats)``: ``F = Yc^T U / sqrt(N)``
+    with ``U`` (N, R) the leading left singular vectors of the centred data (level l takes the
+    next r_l of them), ``D`` the leftover variance floored at ``INIT_FLOOR_REL`` times the
+    variance."""
+    Y = _as_f64(Y_block)
+    N = Y.shape[0]
+    FT = (U.T @ Y - np.outer(U.sum(axis=0), mean_c)) / np.sqrt(N)
+    var = sumsq_c / N
+    D = _floor(var - np.einsum("ij,ij->j", FT, FT), var, INIT_FLOOR_REL)
+    return FT, D, chunk_stats(Y, mean_c, FT, D, plan, sumsq_c)
+
+
+def task_em(
+    Y_block: np.ndarray, plan: ChunkPlan, mean_c: np.ndarray, sumsq_c: np.ndarray,
+    bcast: tuple,
+) -> tuple[np.ndarray, np.ndarray, ChunkStats]:
+    """One EM step on the chunk (M-step of ``mfm.md`` section 2) followed by the statistics of
+    the new loadings, so an iteration reads the chunk once. Returns ``(FT (R, n_c), D,
+    stats)``.
+
+    ``sumsq_c`` (n_c,) column sums of squares of the centred data (from the first pass);
+    ``bcast = (Q, W)``: ``Q`` per level (p_l, r_l, N) posterior factor means; ``W`` path blocks
+    (p_l, r_l, o_{l+1}) of ``N K^-1 + Q Q^T``.
+    """
+    Q, W = bcast
+    Y = _as_f64(Y_block)
+    N = Y.shape[0]
+    R = int(plan.offsets[-1])
+    n_c = Y.shape[1]
+    VT = np.empty((R, n_c))
+    m = plan.block_level
+    o = int(plan.offsets[m + 1])
+    gb = plan.group_bounds[m]
+    Qpre = np.empty((o, N))
+    for j in range(gb.size - 1):
+        a, b = int(gb[j]), int(gb[j + 1])
+        for lvl in range(m + 1):
+            o0, o1 = int(plan.offsets[lvl]), int(plan.offsets[lvl + 1])
+            Qpre[o0:o1] = Q[lvl][plan.block_anc[j, lvl]]
+        np.matmul(Qpre, Y[:, a:b], out=VT[:o, a:b])
+    for lvl in range(m + 1, plan.n_levels):
+        o0, o1 = int(plan.offsets[lvl]), int(plan.offsets[lvl + 1])
+        gl = plan.group_bounds[lvl].tolist()
+        g0 = int(plan.group_lo[lvl])
+        Ql = Q[lvl]
+        for j in range(len(gl) - 1):
+            a, b = gl[j], gl[j + 1]
+            np.matmul(Ql[g0 + j], Y[:, a:b], out=VT[o0:o1, a:b])
+    if np.any(mean_c):  # centring: V_j -= m_j (Q 1) on j's path, per level at once
+        for lvl in range(plan.n_levels):
+            o0, o1 = int(plan.offsets[lvl]), int(plan.offsets[lvl + 1])
+            gb_l = plan.group_bounds[lvl]
+            gid = np.repeat(np.arange(gb_l.size - 1) + int(plan.group_lo[lvl]), np.diff(gb_l))
+            VT[o0:o1] -= Q[lvl].sum(axis=2)[gid].T * mean_c
+    FT = leaf_solve(plan, W, VT)
+    D = _floor((sumsq_c - np.einsum("ij,ij->j", FT, VT)) / N, sumsq_c / N, FLOOR_REL)
+    del VT
+    return FT, D, chunk_stats(Y, mean_c, FT, D, plan, sumsq_c)
+
+
+def _path_matrices(plan: ChunkPlan, W: tuple, anc: np.ndarray, levels: int) -> np.ndarray:
+    """(k, o, o) the symmetric matrices on the paths (levels ``0 .. levels - 1``) given by the
+    rows ``anc`` (k, >= levels) of group indices, from path blocks ``W``."""
+    o = int(plan.offsets[levels])
+    out = np.empty((anc.shape[0], o, o))
+    for lvl in range(levels):
+        o0, o1 = int(plan.offsets[lvl]), int(plan.offsets[lvl + 1])
+        blk = W[lvl][anc[:, lvl]]
+        out[:, o0:o1, :o1] = blk
+        out[:, :o0, o0:o1] = np.swapaxes(blk[:, :, :o0], 1, 2)
+    return out
+
+
+def leaf_solve(plan: ChunkPlan, W: tuple, VT: np.ndarray) -> np.ndarray:
+    """``F_j = W_i^-1 V_j`` for every feature j of every leaf i of the chunk, with ``W_i`` the
+    (R, R) matrix on leaf i's root-to-leaf path (path blocks ``W``); ``VT`` (R, n_c) -> FT.
+
+    Siblings share the top-left block ``A`` (their parent's path), so with
+    ``W_i = [[A, B_i], [B_i^T, C_i]]``: ``A`` is inverted once per parent and each leaf only
+    needs its small Schur complement ``S_i = C_i - B_i^T A^-1 B_i`` (r x r):
+    ``x2 = S_i^-1 (v2 - B_i^T A^-1 v1)``, ``x1 = A^-1 v1 - A^-1 B_i x2``."""
+    anc = plan.leaf_anc
+    L = plan.n_levels
+    lb = plan.leaf_bounds
+    FT = np.empty_like(VT)
+    if L == 1:
+        Winv = np.linalg.inv(_path_matrices(plan, W, anc, 1))
+        for i in range(lb.size - 1):
+            a, b = int(lb[i]), int(lb[i + 1])
+            np.matmul(Winv[i], VT[:, a:b], out=FT[:, a:b])
+        return FT
+    op = int(plan.offsets[L - 1])
+    par = anc[:, L - 2]
+    starts = np.flatnonzero(np.r_[True, par[1:] != par[:-1]])
+    ends = np.append(starts[1:], par.size)
+    Ainv = np.linalg.inv(_path_matrices(plan, W, anc[starts], L - 1))  # (n_par, op, op)
+    blk = W[L - 1][anc[:, L - 1]]  # (k, r, R)
+    BT = blk[:, :, :op]  # (k, r, op)
+    AinvB = np.empty((anc.shape[0], op, BT.shape[1]))
+    for j, (s0, s1) in enumerate(zip(starts, ends, strict=True)):
+        AinvB[s0:s1] = Ainv[j] @ np.swapaxes(BT[s0:s1], 1, 2)
+    Sinv = np.linalg.inv(blk[:, :, op:] - BT @ AinvB)  # (k, r, r)
+    lbl = lb.tolist()
+    for j, (s0, s1) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True)):
+        fa, fb = lbl[s0], lbl[s1]
+        np.matmul(Ainv[j], VT[:op, fa:fb], out=FT[:op, fa:fb])  # A^-1 v1
+        for i in range(s0, s1):
+            a, b = lbl[i], lbl[i + 1]
+            x2 = Sinv[i] @ (VT[op:, a:b] - BT[i] @ FT[:op, a:b])
+            FT[op:, a:b] = x2
+            FT[:op, a:b] -= AinvB[i] @ x2
+    return FT
+
+
+def task_stats(
+    Y_block: np.ndarray, plan: ChunkPlan, mean_c: np.ndarray, FT: np.ndarray, D: np.ndarray,
+    sumsq_c: np.ndarray | None = None,
+) -> ChunkStats:
+    """Statistics of a chunk for given loadings ``FT`` (R, n_c): with ``sumsq_c`` as in EM
+    (resume), without it with per-sample sums (scoring new data)."""
+    return chunk_stats(_as_f64(Y_block), np.asarray(mean_c), np.asarray(FT), np.asarray(D),
+                       plan, sumsq_c)

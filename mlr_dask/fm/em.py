@@ -1,0 +1,321 @@
+"""The EM of the multilevel factor model (``mfm.md`` section 2), driver side.
+
+The data are only touched by the per-chunk functions of :mod:`mlr_dask.fm.chunk`, run by a
+*runner* (:class:`NumpyRunner` here, ``DaskRunner`` in :mod:`mlr_dask.fm.dask`) that maps a task
+over the feature chunks and returns the per-chunk results. Everything here works on small
+objects: per-level ``(p_l, r_l, N)`` arrays and path blocks.
+
+One iteration (:func:`em_iteration`) = one pass over Y: every chunk does the M-step for its
+features from the broadcast ``(Q, W)`` and returns the statistics of its new loadings; then
+:func:`e_step` assembles K, factors it on the tree, solves for ``Q``, evaluates the
+log-likelihood of the new parameters and builds the next ``(Q, W)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from functools import cached_property
+from typing import Any, Protocol
+
+import numpy as np
+
+from mlr_dask.errors import InputError
+from mlr_dask.fm import chunk as ck
+from mlr_dask.fm.tree import (
+    FactorTree,
+    TreeCholesky,
+    path_gram,
+    selected_inverse,
+    tree_back_solve,
+    tree_cholesky,
+    tree_half_solve,
+)
+
+__all__ = [
+    "FMState",
+    "EStep",
+    "NumpyRunner",
+    "reduce_stats",
+    "e_step",
+    "svd_directions",
+    "em_iteration",
+    "em_step",
+    "run_em",
+    "LOG_2PI",
+]
+
+LOG_2PI = float(np.log(2 * np.pi))
+
+#: Largest number of samples for the SVD start through the (N, N) Gram matrix.
+MAX_GRAM_SAMPLES = 20000
+
+
+@dataclass(frozen=True)
+class FMState:
+    """Parameters of the model in hierarchy order.
+
+    Attributes: ``FT_parts`` the transposed compressed loadings by feature chunk, (R, n_c)
+    each (as the chunks return them: no copy per iteration); ``F`` (n, R) all of them (a
+    cached property); ``D`` (n,) noise variances; ``mean`` (n,);
+    ``n_iter`` EM iterations done; ``loglike`` average train log-likelihood per sample after
+    each iteration; ``loglike_init`` the value at the start; ``sumsq`` (n,) column sums of
+    squares of the centred train data (from the first pass; not saved)."""
+
+    FT_parts: tuple[np.ndarray, ...]
+    D: np.ndarray
+    mean: np.ndarray
+    n_iter: int = 0
+    loglike: tuple[float, ...] = ()
+    loglike_init: float = float("nan")
+    sumsq: np.ndarray | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_F(cls, F: np.ndarray, **kw: Any) -> FMState:
+        """State from full loadings ``F`` (n, R)."""
+        return cls(FT_parts=(np.ascontiguousarray(np.asarray(F, dtype=np.float64).T),), **kw)
+
+    @cached_property
+    def F(self) -> np.ndarray:
+        """(n, R) compressed loadings, hierarchy order."""
+        return np.ascontiguousarray(np.concatenate(self.FT_parts, axis=1).T)
+
+    def FT_chunks(self, bounds: np.ndarray) -> list[np.ndarray]:
+        """(R, n_c) loadings of each chunk of ``bounds``."""
+        sizes = [p.shape[1] for p in self.FT_parts]
+        if sizes == list(np.diff(bounds)):
+            return list(self.FT_parts)
+        FT = np.concatenate(self.FT_parts, axis=1)
+        return [FT[:, a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+@dataclass(frozen=True)
+class EStep:
+    """E-step quantities for the current parameters.
+
+    Attributes: ``chol`` tree Cholesky of K; ``w`` per level ``L^-1 P``; ``Q`` per level
+    ``K^-1 P`` (p_l, r_l, N); ``W`` path blocks of ``N K^-1 + Q Q^T`` (None when not needed);
+    ``loglike`` average log-likelihood per sample; ``sample_loglike`` (N,) (per sample only
+    for statistics computed without ``sumsq``, as when scoring)."""
+
+    chol: TreeCholesky
+    w: tuple[np.ndarray, ...]
+    Q: tuple[np.ndarray, ...]
+    W: tuple[np.ndarray, ...] | None
+    loglike: float
+    sample_loglike: np.ndarray = field(repr=False)
+
+
+class Runner(Protocol):
+    """Maps a per-chunk task over the feature chunks (see :class:`NumpyRunner`)."""
+
+    bounds: np.ndarray
+    plans: list
+    n_samples: int
+
+    def map(self, task: Callable, per_chunk: Sequence[Sequence[Any]], bcast: Any = ...,
+            what: str = "") -> list: ...
+
+
+class NumpyRunner:
+    """Runs the chunk tasks in a loop on an in-memory array ``Yh`` (N, n), hierarchy order.
+
+    ``bounds`` (k + 1,) chunk boundaries made of whole leaves; ``plans`` their ChunkPlans."""
+
+    def __init__(self, Yh: np.ndarray, tree: FactorTree, bounds: np.ndarray) -> None:
+        self.Y = Yh
+        self.n_samples = int(Yh.shape[0])
+        self.bounds = np.asarray(bounds, dtype=np.int64)
+        self.plans = [ck.make_plan(tree, int(a), int(b))
+                      for a, b in zip(self.bounds[:-1], self.bounds[1:], strict=True)]
+
+    def map(self, task: Callable, per_chunk: Sequence[Sequence[Any]], bcast: Any = ...,
+            what: str = "") -> list:
+        out = []
+        for k, plan in enumerate(self.plans):
+            args = [a[k] for a in per_chunk]
+            if bcast is not ...:
+                args.append(bcast)
+            out.append(task(self.Y[:, plan.start:plan.stop], plan, *args))
+        return out
+
+
+def split(x: np.ndarray, bounds: np.ndarray) -> list[np.ndarray]:
+    """Slices of ``x`` along its first axis at the chunk boundaries."""
+    return [x[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def reduce_stats(tree: FactorTree, parts: Sequence[ck.ChunkStats]) -> tuple[list, list, float,
+                                                                             np.ndarray]:
+    """Sum the chunks' statistics (in chunk order): ``K`` path blocks (identity added), ``P``
+    per level, ``sum log D`` and the per-sample ``sum_j y_ij^2 / D_j``."""
+    N = parts[0].ysq_d.shape[0]
+    K = [np.zeros((p, r, int(tree.offsets[lvl + 1])))
+         for lvl, (p, r) in enumerate(zip(tree.n_groups, tree.ranks, strict=True))]
+    P = [np.zeros((p, r, N)) for p, r in zip(tree.n_groups, tree.ranks, strict=True)]
+    sum_logd = 0.0
+    ysq_d = np.zeros(N)
+    for part in parts:
+        for lvl in range(tree.n_levels):
+            g0 = int(part.group_lo[lvl])
+            k = part.K[lvl].shape[0]
+            K[lvl][g0:g0 + k] += part.K[lvl]
+            P[lvl][g0:g0 + k] += part.P[lvl]
+        sum_logd += part.sum_logd
+        ysq_d += part.ysq_d
+    for lvl in range(tree.n_levels):
+        o0, o1 = tree.span(lvl)
+        K[lvl][:, :, o0:o1] += np.eye(o1 - o0)
+    return K, P, sum_logd, ysq_d
+
+
+def e_step(tree: FactorTree, parts: Sequence[ck.ChunkStats], *, with_w: bool = True) -> EStep:
+    """E-step from the chunk statistics of the current parameters: tree Cholesky of K, the
+    posterior means Q, the log-likelihood (``mfm.md`` section 2) and the M-step blocks W."""
+    K, P, sum_logd, ysq_d = reduce_stats(tree, parts)
+    N = ysq_d.shape[0]
+    ch = tree_cholesky(tree, K)
+    w = tree_half_solve(tree, ch, P)
+    Q = tree_back_solve(tree, ch, w)
+    quad = ysq_d - sum(np.einsum("gri,gri->i", x, x) for x in w)  # (N,) y^T Sigma^-1 y
+    sample_ll = -0.5 * (tree.n * LOG_2PI + sum_logd + ch.logdet + quad)
+    W = None
+    if with_w:
+        Z = selected_inverse(tree, ch)
+        QQ = path_gram(tree, Q)
+        W = tuple(N * z + qq for z, qq in zip(Z, QQ, strict=True))
+    return EStep(chol=ch, w=tuple(w), Q=tuple(Q), W=W, loglike=float(sample_ll.mean()),
+                 sample_loglike=sample_ll)
+
+
+def svd_directions(gram: np.ndarray, R: int) -> np.ndarray:
+    """(N, R) leading eigenvectors of the (N, N) Gram matrix ``Yc Yc^T`` of the centred data
+    (the left singular vectors of Yc); columns past the rank of Yc are zero."""
+    vals, vecs = np.linalg.eigh(gram)
+    order = np.argsort(vals)[::-1][:R]
+    U = vecs[:, order]
+    tiny = vals.max(initial=0.0) * gram.shape[0] * np.finfo(float).eps
+    U[:, vals[order] <= tiny] = 0.0
+    if U.shape[1] < R:
+        U = np.concatenate([U, np.zeros((gram.shape[0], R - U.shape[1]))], axis=1)
+    return U
+
+
+def _gather(results: Sequence[tuple]) -> tuple[tuple, np.ndarray, list]:
+    D = np.concatenate([r[1] for r in results], axis=0)
+    return tuple(r[0] for r in results), D, [r[2] for r in results]
+
+
+def start_moments(runner: Runner, centre: bool,
+                  gram: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """First pass: the mean (n,), the column sums of squares of the centred data (n,) and,
+    with ``gram``, the (N, N) Gram of the centred data. Raises InputError when Y holds NaN or
+    inf."""
+    mom = runner.map(ck.task_moments, [], (centre, gram), what="moments")
+    bad = sum(m["bad"] for m in mom)
+    if bad:
+        raise InputError(f"the data contain {bad} NaN or infinite values")
+    mean = np.concatenate([m["mean"] for m in mom])
+    sumsq = np.concatenate([m["sumsq"] for m in mom])
+    return mean, sumsq, (sum(m["gram"] for m in mom) if gram else None)
+
+
+def svd_start(runner: Runner, tree: FactorTree, centre: bool,
+              n_samples: int) -> tuple[FMState, EStep]:
+    """SVD start: two passes (moments, then loadings and their statistics)."""
+    if n_samples > MAX_GRAM_SAMPLES:
+        raise InputError(
+            f"the SVD start forms an N x N Gram matrix; N = {n_samples} is over the limit of "
+            f"{MAX_GRAM_SAMPLES} samples (use init='random')"
+        )
+    mean, sumsq, gram = start_moments(runner, centre, True)
+    U = svd_directions(gram, tree.rank)
+    b = runner.bounds
+    res = runner.map(ck.task_init, [split(mean, b), split(sumsq, b)], U, what="init")
+    FT, D, parts = _gather(res)
+    est = e_step(tree, parts)
+    return FMState(FT_parts=FT, D=D, mean=mean, loglike_init=est.loglike, sumsq=sumsq), est
+
+
+def random_start(runner: Runner, tree: FactorTree, centre: bool,
+                 rng: np.random.Generator) -> tuple[FMState, EStep]:
+    """Random start: Gaussian loadings scaled to a tenth of the feature standard deviation,
+    D the variance (floored)."""
+    mean, sumsq, _ = start_moments(runner, centre, False)
+    N = runner.n_samples
+    var = np.maximum(sumsq / N, ck.FLOOR_ABS)
+    F = rng.standard_normal((tree.n, tree.rank)) * np.sqrt(var)[:, None] * 0.1
+    return state_from(runner, tree, FMState.from_F(F, D=var.copy(), mean=mean, sumsq=sumsq))
+
+
+def resume_from(runner: Runner, tree: FactorTree, centre: bool,
+                saved: FMState) -> tuple[FMState, EStep]:
+    """Continue from saved parameters: the first pass again (mean, sums of squares, NaN
+    check), then the statistics of the saved parameters."""
+    mean, sumsq, _ = start_moments(runner, centre, False)
+    state = FMState(FT_parts=saved.FT_parts, D=saved.D, mean=mean, n_iter=saved.n_iter,
+                    loglike=saved.loglike, loglike_init=saved.loglike_init, sumsq=sumsq)
+    return state_from(runner, tree, state)
+
+
+def state_from(runner: Runner, tree: FactorTree, state: FMState) -> tuple[FMState, EStep]:
+    """Statistics pass for given parameters (``state.sumsq`` known)."""
+    b = runner.bounds
+    parts = runner.map(ck.task_stats, [split(state.mean, b), state.FT_chunks(b),
+                                       split(state.D, b), split(state.sumsq, b)],
+                       what="stats")
+    est = e_step(tree, parts)
+    if not state.loglike and np.isnan(state.loglike_init):
+        state = replace(state, loglike_init=est.loglike)
+    return state, est
+
+
+def em_iteration(runner: Runner, tree: FactorTree, state: FMState,
+                 est: EStep) -> tuple[FMState, EStep]:
+    """One EM iteration: one pass over Y (M-step + statistics per chunk), then the E-step of
+    the new parameters on the driver."""
+    b = runner.bounds
+    res = runner.map(ck.task_em, [split(state.mean, b), split(state.sumsq, b)],
+                     (est.Q, est.W), what="em")
+    FT, D, parts = _gather(res)
+    new = e_step(tree, parts)
+    return replace(state, FT_parts=FT, D=D, n_iter=state.n_iter + 1,
+                   loglike=(*state.loglike, new.loglike)), new
+
+
+def em_step(tree: FactorTree, Yh: np.ndarray, state: FMState) -> FMState:
+    """One EM step from ``state`` on in-memory data ``Yh`` (N, n) in hierarchy order (pure
+    function; for tests and notebooks: it makes a statistics pass first)."""
+    runner = NumpyRunner(Yh, tree, np.array([0, tree.n]))
+    state, est = resume_from(runner, tree, True, state)
+    return em_iteration(runner, tree, state, est)[0]
+
+
+def converged(loglike: Sequence[float], prev: float, tol: float) -> bool:
+    """Relative increase of the log-likelihood below ``tol``."""
+    return (loglike[-1] - prev) <= tol * abs(loglike[-1])
+
+
+def run_em(
+    runner: Runner,
+    tree: FactorTree,
+    state: FMState,
+    est: EStep,
+    *,
+    max_iter: int,
+    tol: float,
+    callback: Callable[[FMState], None] | None = None,
+) -> tuple[FMState, EStep, bool]:
+    """Iterate until ``max_iter`` iterations in total (``state.n_iter`` counts those done) or
+    convergence; ``callback(state)`` after each iteration. Returns the final state, its
+    E-step and whether it converged."""
+    done = False
+    while state.n_iter < max_iter:
+        prev = state.loglike[-1] if state.loglike else state.loglike_init
+        state, est = em_iteration(runner, tree, state, est)
+        if callback is not None:
+            callback(state)
+        if converged(state.loglike, prev, tol):
+            done = True
+            break
+    return state, est, done
