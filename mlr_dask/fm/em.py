@@ -6,9 +6,11 @@ over the feature chunks and returns the per-chunk results. Everything here works
 objects: per-level ``(p_l, r_l, N)`` arrays and path blocks.
 
 One iteration (:func:`em_iteration`) = one pass over Y: every chunk does the M-step for its
-features from the broadcast ``(Q, W)`` and returns the statistics of its new loadings; then
-:func:`e_step` assembles K, factors it on the tree, solves for ``Q``, evaluates the
-log-likelihood of the new parameters and builds the next ``(Q, W)``.
+features from the broadcast (:attr:`EStep.bcast`) and returns the statistics of its new
+loadings; then :func:`e_step` assembles K, factors it on the tree, solves for ``Q``, evaluates
+the log-likelihood of the new parameters and builds the next broadcast. The leaf level of
+``Q`` and of ``Q Q^T`` (the largest part of the tree work with many small leaves) is not formed
+here: the chunks finish it from ``L^-1 P`` and their own data (:func:`mstep_leaf_terms`).
 """
 
 from __future__ import annotations
@@ -94,9 +96,12 @@ class EStep:
     """E-step quantities for the current parameters.
 
     Attributes: ``chol`` tree Cholesky of K; ``w`` per level ``L^-1 P``; ``Q`` per level
-    ``K^-1 P`` (p_l, r_l, N); ``W`` path blocks of ``N K^-1 + Q Q^T`` (None when not needed);
-    ``loglike`` average log-likelihood per sample; ``sample_loglike`` (N,) (per sample only
-    for statistics computed without ``sumsq``, as when scoring)."""
+    ``K^-1 P`` (p_l, r_l, N), all levels when scoring, only the levels above the leaves when
+    made for the M-step; ``W`` path blocks of ``N K^-1 + Q Q^T`` and ``QQ`` of ``Q Q^T`` for
+    the levels above the leaves (None when not needed); ``leaf`` what the M-step needs of the
+    leaf level (see :func:`mstep_leaf_terms`; None when not needed); ``loglike`` average
+    log-likelihood per sample; ``sample_loglike`` (N,) (per sample only for statistics
+    computed without ``sumsq``, as when scoring)."""
 
     chol: TreeCholesky
     w: tuple[np.ndarray, ...]
@@ -104,6 +109,13 @@ class EStep:
     W: tuple[np.ndarray, ...] | None
     loglike: float
     sample_loglike: np.ndarray = field(repr=False)
+    QQ: tuple[np.ndarray, ...] | None = field(default=None, repr=False)
+    leaf: tuple[np.ndarray, ...] | None = field(default=None, repr=False)
+
+    @property
+    def bcast(self) -> tuple:
+        """What every chunk of the M-step receives: ``(Q, W, QQ, leaf)``."""
+        return (self.Q, self.W, self.QQ, self.leaf)
 
 
 class Runner(Protocol):
@@ -176,16 +188,34 @@ def e_step(tree: FactorTree, parts: Sequence[ck.ChunkStats], *, with_w: bool = T
     N = ysq_d.shape[0]
     ch = tree_cholesky(tree, K)
     w = tree_half_solve(tree, ch, P)
-    Q = tree_back_solve(tree, ch, w)
     quad = ysq_d - sum(np.einsum("gri,gri->i", x, x) for x in w)  # (N,) y^T Sigma^-1 y
     sample_ll = -0.5 * (tree.n * LOG_2PI + sum_logd + ch.logdet + quad)
-    W = None
-    if with_w:
-        Z = selected_inverse(tree, ch)
-        QQ = path_gram(tree, Q)
-        W = tuple(N * z + qq for z, qq in zip(Z, QQ, strict=True))
+    if not with_w:
+        return EStep(chol=ch, w=tuple(w), Q=tuple(tree_back_solve(tree, ch, w)), W=None,
+                     loglike=float(sample_ll.mean()), sample_loglike=sample_ll)
+    L = tree.n_levels
+    Q = tree_back_solve(tree, ch, w, levels=L - 1)  # the leaf level is left to the chunks
+    Z = selected_inverse(tree, ch)
+    QQ = path_gram(tree, Q)
+    W = tuple(N * z + qq for z, qq in zip(Z[:L - 1], QQ, strict=True))
     return EStep(chol=ch, w=tuple(w), Q=tuple(Q), W=W, loglike=float(sample_ll.mean()),
-                 sample_loglike=sample_ll)
+                 sample_loglike=sample_ll, QQ=tuple(QQ),
+                 leaf=mstep_leaf_terms(ch, w[-1], Z[-1]))
+
+
+def mstep_leaf_terms(ch: TreeCholesky, w_leaf: np.ndarray, Z_leaf: np.ndarray) -> tuple:
+    """Leaf-level terms of the M-step, per leaf c (finest group): ``(w_c, Linv_c, Kinv_c,
+    E_c, S_c, Z_c)`` with ``w_c`` (r, N) the leaf rows of ``L^-1 P``, ``Linv_c`` (r, r),
+    ``Kinv_c = Linv_c^T Linv_c``, ``E_c = Linv_c^T X_c`` (r, o), ``S_c = Linv_c^T w_c w_c^T
+    Linv_c`` and ``Z_c`` (r, R) the leaf rows of the selected inverse.
+
+    The posterior means of the leaf factors are ``q_c = Linv_c^T w_c - E_c q_path`` (the
+    last step of the backward solve); the chunks use this form (:func:`chunk.task_em`) so the
+    driver never forms ``q_c`` nor ``q_c q_path^T`` (two products of size r N o per leaf)."""
+    Li = ch.Linv[-1]
+    LiT = np.swapaxes(Li, 1, 2)
+    return (w_leaf, Li, LiT @ Li, LiT @ ch.X[-1],
+            LiT @ (w_leaf @ np.swapaxes(w_leaf, 1, 2)) @ Li, Z_leaf)
 
 
 def svd_directions(gram: np.ndarray, R: int) -> np.ndarray:
@@ -275,8 +305,11 @@ def em_iteration(runner: Runner, tree: FactorTree, state: FMState,
     """One EM iteration: one pass over Y (M-step + statistics per chunk), then the E-step of
     the new parameters on the driver."""
     b = runner.bounds
-    res = runner.map(ck.task_em, [split(state.mean, b), split(state.sumsq, b)],
-                     (est.Q, est.W), what="em")
+    op = int(tree.offsets[-2])
+    A_leaf = [FT[op:] / Dc for FT, Dc in zip(state.FT_chunks(b), split(state.D, b),
+                                                strict=True)]
+    res = runner.map(ck.task_em, [split(state.mean, b), split(state.sumsq, b), A_leaf],
+                     est.bcast, what="em")
     FT, D, parts = _gather(res)
     new = e_step(tree, parts)
     return replace(state, FT_parts=FT, D=D, n_iter=state.n_iter + 1,

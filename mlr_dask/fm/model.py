@@ -316,6 +316,82 @@ class MultilevelFactorModel:
         est = self._estep_on(Y, array)
         return self._tree.levels_to_expanded(list(est.Q)).T
 
+    def conditional(self, Y: Any, observed: Any,
+                    targets: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        """Imputation: mean and covariance of the ``targets`` features given the ``observed``
+        ones under the fitted Gaussian (features neither observed nor targets are
+        marginalized).
+
+        ``Y`` (N, n) or (n,) in original feature order (entries of unobserved features are
+        ignored and may be NaN); ``observed`` a boolean mask (n,) or feature indices;
+        ``targets`` feature indices, none of them observed (default: all unobserved
+        features). Returns ``(mean, cov)``: ``mean`` (N, t) (or (t,) for a single sample),
+        ``cov`` (t, t), the same for every sample. Tree solves only; the dense (t, t)
+        covariance is the only matrix formed, so t is limited to
+        ``conditional.MAX_TARGETS``."""
+        from mlr_dask.fm.conditional import conditional_gaussian
+
+        self._check_fitted()
+        n = self.n_features_in_
+        Y = np.asarray(Y, dtype=np.float64)
+        single = Y.ndim == 1
+        Y2 = Y[None, :] if single else Y
+        if Y2.ndim != 2 or Y2.shape[1] != n:
+            raise InputError(f"Y must have {n} features, got shape {Y.shape}")
+        obs = np.asarray(observed)
+        if obs.dtype == bool:
+            if obs.shape != (n,):
+                raise InputError(f"the observed mask must have shape ({n},)")
+        else:
+            idx = obs.astype(np.int64).ravel()
+            if idx.size and (idx.min() < 0 or idx.max() >= n):
+                raise InputError("observed feature index out of range")
+            obs = np.zeros(n, dtype=bool)
+            obs[idx] = True
+        tgt = (np.flatnonzero(~obs) if targets is None
+               else np.asarray(targets, dtype=np.int64).ravel())
+        if tgt.size == 0:
+            raise InputError("no target features")
+        if tgt.min() < 0 or tgt.max() >= n:
+            raise InputError("target feature index out of range")
+        if np.any(obs[tgt]):
+            raise InputError("targets must not be observed features")
+        if not np.all(np.isfinite(Y2[:, obs])):
+            raise InputError("Y contains NaN or infinite values at observed features")
+        h = self.hierarchy_
+        st = self._state
+        mean, cov = conditional_gaussian(self._tree, st.F, st.D, st.mean, Y2[:, h.perm],
+                                         obs[h.perm], h.iperm[tgt])
+        return (mean[0] if single else mean), cov
+
+    def expected_score(self, true_model: MultilevelFactorModel) -> float:
+        """Exact expected average log-likelihood per sample of data drawn from
+        ``true_model`` (another multilevel factor model on the same features, any hierarchy)
+        under this model: ``-(n/2) log 2 pi - (1/2) logdet Sigma - (1/2) tr(Sigma^-1
+        Sigma_t) - (1/2) d^T Sigma^-1 d`` with ``d`` the difference of the means. The trace
+        goes through the factored forms (``mlr_dask.fm.conditional``); O(n R R_t) plus tree
+        solves with ``s_t`` right-hand sides; no n x n matrix."""
+        from mlr_dask.fm.conditional import trace_precision_lowrank
+
+        self._check_fitted()
+        true_model._check_fitted()
+        n = self.n_features_in_
+        if true_model.n_features_in_ != n:
+            raise InputError(f"the true model has {true_model.n_features_in_} features, "
+                             f"expected {n}")
+        h, ht = self.hierarchy_, true_model.hierarchy_
+        st = self._state
+        Ft = true_model.loadings_[h.perm]  # this model's hierarchy order
+        where = h.iperm[ht.perm]  # position here of the true model's i-th feature
+        groups_t = [[np.sort(where[b[g]:b[g + 1]]) for g in range(b.size - 1)]
+                    for b in ht.boundaries]
+        tr = trace_precision_lowrank(self._tree, self.chol_, st.F, st.D, Ft, groups_t,
+                                     true_model.offsets_)
+        tr += float(self.get_precision().diagonal() @ true_model.noise_variance_)
+        d = true_model.mean_ - self.mean_
+        quad = float(d @ self.solve(d))
+        return float(-0.5 * (n * em.LOG_2PI + self.logdet() + tr + quad))
+
     def sample(self, n_samples: int = 1, random_state: Any = None) -> np.ndarray:
         """(n_samples, n) draws ``y = mean + F_hat z + sqrt(D) e``, original order; O(n r)
         per sample."""

@@ -228,8 +228,10 @@ def tree_cholesky(tree: FactorTree, K: Sequence[np.ndarray]) -> TreeCholesky:
 
 def _children_sum(tree: FactorTree, lvl: int, arr: np.ndarray) -> np.ndarray:
     """Sum ``arr`` (p_lvl, ...) over the children of each group of level ``lvl - 1``."""
-    flat = np.ascontiguousarray(arr).reshape(arr.shape[0], -1)
-    return np.add.reduceat(flat, tree.child_starts[lvl], axis=0).reshape(-1, *arr.shape[1:])
+    out = np.empty((tree.n_groups[lvl - 1], *arr.shape[1:]))
+    for p, a, b in _families(tree, lvl):
+        np.sum(arr[a:b], axis=0, out=out[p])
+    return out
 
 
 def _forward(tree: FactorTree, ch: TreeCholesky, P: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -258,11 +260,13 @@ def _paths(tree: FactorTree, q: Sequence[np.ndarray], upto: int) -> list[np.ndar
     return out
 
 
-def _backward(tree: FactorTree, ch: TreeCholesky, w: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """Solve ``L^T q = w`` (root first)."""
+def _backward(tree: FactorTree, ch: TreeCholesky, w: Sequence[np.ndarray],
+              levels: int | None = None) -> list[np.ndarray]:
+    """Solve ``L^T q = w`` (root first); with ``levels``, only the levels ``0 .. levels - 1``
+    of ``q`` (they do not depend on the finer ones)."""
     q: list[np.ndarray] = []
     qpath = None  # (p_{l-1}, o_l, t)
-    for lvl in range(tree.n_levels):
+    for lvl in range(tree.n_levels if levels is None else levels):
         rhs = w[lvl]
         if lvl > 0:
             rhs = rhs - _children_times(tree, lvl, ch.X[lvl], qpath)
@@ -286,10 +290,11 @@ def tree_half_solve(
 
 
 def tree_back_solve(
-    tree: FactorTree, ch: TreeCholesky, w: Sequence[np.ndarray]
+    tree: FactorTree, ch: TreeCholesky, w: Sequence[np.ndarray], levels: int | None = None
 ) -> list[np.ndarray]:
-    """``q = L^-T w`` (so that ``tree_solve = tree_back_solve o tree_half_solve``)."""
-    return _backward(tree, ch, w)
+    """``q = L^-T w`` (so that ``tree_solve = tree_back_solve o tree_half_solve``); with
+    ``levels``, only the coarsest ``levels`` levels of ``q``."""
+    return _backward(tree, ch, w, levels)
 
 
 def selected_inverse(tree: FactorTree, ch: TreeCholesky) -> list[np.ndarray]:
@@ -325,10 +330,13 @@ def selected_inverse(tree: FactorTree, ch: TreeCholesky) -> list[np.ndarray]:
 def path_gram(tree: FactorTree, q: Sequence[np.ndarray]) -> list[np.ndarray]:
     """Path blocks of ``Q Q^T`` for per-level ``q_l`` (p_l, r_l, t): block ``(g, a)`` is
     ``q_g q_a^T`` for every ancestor ``a`` of ``g``; computed once per nested pair (one product
-    per parent for the ancestors)."""
-    paths = _paths(tree, q, tree.n_levels - 2)
+    per parent for the ancestors). ``q`` may hold only the coarsest levels: then so does the
+    result."""
+    if not q:
+        return []
+    paths = _paths(tree, q, len(q) - 2)
     out = []
-    for lvl in range(tree.n_levels):
+    for lvl in range(len(q)):
         o0, o1 = tree.span(lvl)
         blk = np.empty((tree.n_groups[lvl], o1 - o0, o1))
         blk[:, :, o0:] = q[lvl] @ _tt(q[lvl])
