@@ -2,6 +2,7 @@
 sequence models, in memory and on Dask."""
 
 from mlr_dask.errors import FormatError, InputError
+from mlr_dask.fit import fit_mlr
 from mlr_dask.fm import MultilevelFactorModel
 from mlr_dask.hierarchy import Hierarchy
 from mlr_dask.mlr import MLRMatrix
@@ -15,4 +16,5 @@ __all__ = [
     "MLRMatrix",
     "MultilevelFactorModel",
     "__version__",
+    "fit_mlr",
 ]

@@ -111,7 +111,7 @@ def connect(
             n_workers=n_workers,
             threads_per_worker=threads_per_worker,
             processes=processes,
-            host="127.0.0.1",
+            host="127.0.0.1" if processes else None,
             dashboard_address="127.0.0.1:0",
             memory_limit=memory_limit,
             silence_logs=40,

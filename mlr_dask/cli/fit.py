@@ -1,0 +1,249 @@
+"""``mlr-dask fit-mlr`` and ``mlr-dask generate dgt|radial|fiedler|distance|hiercov``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mlr_dask.errors import InputError
+
+GEN_HELP = {
+    "dgt": "discrete Gauss transform exp(-k^2 ||t_i - s_j||^2), points in [0,1]^3",
+    "radial": "radial kernel with three scales on two point sets of the sphere",
+    "fiedler": "Fiedler-type matrix |a_i - a_j|",
+    "distance": "shortest-path distances on a random geometric graph",
+    "hiercov": "sample covariance of a hierarchical factor model (PSD)",
+}
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
+    p = subparsers.add_parser(
+        "fit-mlr", parents=[common], help="fit an MLR matrix to a dense matrix store",
+        description="Fit a multilevel low rank matrix (learned or stored hierarchy, rank "
+                    "allocation, BCD/ALS) to a dense matrix store (zarr, format 'matrix').")
+    p.add_argument("matrix", help="dense matrix store (zarr) written by 'mlr-dask generate'")
+    p.add_argument("--rank", type=_positive_int, required=True, help="total rank r")
+    p.add_argument("--levels", type=_positive_int, default=None,
+                   help="number of levels (default: bisection to 1-2 items, then atoms)")
+    p.add_argument("--partition", choices=["spectral", "given", "dyadic"], default="spectral",
+                   help="learn the hierarchy, use the store's, or bisect in stored order")
+    p.add_argument("--no-rank-alloc", action="store_true", help="keep the starting ranks")
+    p.add_argument("--method", choices=["bcd", "als"], default="bcd")
+    p.add_argument("--psd", action="store_true", help="symmetric PSD model B B^T")
+    p.add_argument("--symmetric", action="store_true", help="same hierarchy for rows and cols")
+    p.add_argument("--max-iter", type=_positive_int, default=100, help="epochs of the final fit")
+    p.add_argument("--tol", type=float, default=1e-3, help="relative loss decrease to stop")
+    p.add_argument("--backend", choices=["auto", "numpy", "dask"], default="auto")
+    p.add_argument("--chunk-items", type=_positive_int, default=None,
+                   help="rows/cols per chunk on the Dask path (default 4096)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", metavar="MODEL", default=None, help="write the model (zarr)")
+    p.add_argument("--plots", metavar="DIR", default=None, help="write PNG plots into DIR")
+    p.set_defaults(func=run_fit)
+
+
+def _check_output(path: str | None, what: str) -> Path | None:
+    if path is None:
+        return None
+    p = Path(path)
+    if not p.parent.exists():
+        raise InputError(f"{what} directory {str(p.parent)!r} does not exist")
+    return p
+
+
+class _Progress:
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.bar: Any = None
+        self.stage: str | None = None
+
+    def __call__(self, stage: str, info: dict[str, Any]) -> None:
+        if self.quiet:
+            return
+        from tqdm.auto import tqdm
+
+        name = {"partition": "partition", "rank_move": "rank allocation",
+                "epoch": "factor fit"}.get(stage)
+        if name is None:
+            return
+        if name != self.stage:
+            self.close()
+            total = info.get("of") if stage == "partition" else None
+            self.bar = tqdm(total=total, desc=name, file=sys.stderr, leave=True)
+            self.stage = name
+        if "rel_error" in info:
+            self.bar.set_postfix(rel_error=f"{info['rel_error']:.4g}")
+        self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _plots(dirpath: Path, M: Any) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    dirpath.mkdir(exist_ok=True)
+    h = M.history_
+    out = []
+    fig, ax = plt.subplots(figsize=(6, 4))
+    moves = [mv["rel_error"] for mv in h.get("rank_moves", [])]
+    part = h.get("partition", [])
+    series = list(part) + moves + list(h["rel_error"])
+    ax.semilogy(series, marker=".")
+    if moves:
+        ax.axvspan(len(part) - 0.5, len(part) + len(moves) - 0.5, alpha=0.15,
+                   label="rank moves")
+        ax.legend()
+    ax.set_xlabel("partition / rank move / epoch")
+    ax.set_ylabel("relative error")
+    ax.set_title("MLR fit: error history")
+    fig.tight_layout()
+    fig.savefig(dirpath / "error_history.png", dpi=100)
+    plt.close(fig)
+    out.append(str(dirpath / "error_history.png"))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.bar(np.arange(len(M.ranks)), M.ranks)
+    ax.set_xlabel("level (0 = root)")
+    ax.set_ylabel("rank")
+    ax.set_title(f"rank allocation (total {M.rank})")
+    fig.tight_layout()
+    fig.savefig(dirpath / "rank_allocation.png", dpi=100)
+    plt.close(fig)
+    out.append(str(dirpath / "rank_allocation.png"))
+    return out
+
+
+def run_fit(args: argparse.Namespace) -> dict[str, Any]:
+    import contextlib
+    import time
+
+    from mlr_dask.fit.api import fit_mlr, load_matrix_store
+    from mlr_dask.fit.baselines import truncated_svd
+
+    store = load_matrix_store(args.matrix)  # format checks: InputError before any work
+    m, n = store.shape
+    if args.rank > min(m, n):
+        raise InputError(f"--rank {args.rank} is larger than min(m, n) = {min(m, n)}")
+    if (args.symmetric or args.psd) and m != n:
+        raise InputError(f"--symmetric/--psd need a square matrix, got {m} x {n}")
+    if args.partition == "given" and store.rows is None:
+        raise InputError("--partition given needs a store with stored hierarchies")
+    if not np.isfinite(args.tol) or args.tol < 0:
+        raise InputError("--tol must be a finite non-negative number")
+    out = _check_output(args.out, "--out")
+    plots = _check_output(args.plots, "--plots")
+    progress = _Progress(args.quiet)
+    use_dask = args.backend == "dask" or (args.backend == "auto" and args.scheduler is not None)
+    ctx: Any = contextlib.nullcontext(None)
+    if use_dask:
+        from mlr_dask.cluster import connect
+
+        ctx = connect(args.scheduler, quiet=args.quiet)
+    t0 = time.perf_counter()
+    with ctx as client:
+        try:
+            M = fit_mlr(args.matrix, args.rank, levels=args.levels, partition=args.partition,
+                        allocate_ranks=not args.no_rank_alloc, method=args.method,
+                        symmetric=args.symmetric, psd=args.psd, max_iter=args.max_iter,
+                        tol=args.tol, seed=args.seed, backend="dask" if use_dask else
+                        args.backend, client=client, chunk_items=args.chunk_items,
+                        progress=progress)
+        finally:
+            progress.close()
+        h = M.history_
+        t1 = time.perf_counter()
+        if use_dask:
+            from mlr_dask.fit.dask import fit_mlr_dask
+            from mlr_dask.hierarchy import Hierarchy
+
+            LR = fit_mlr_dask(store, Hierarchy([[0, m]]), Hierarchy([[0, n]]), [args.rank],
+                              max_iter=3, tol=0.0, chunk_items=args.chunk_items)
+            lr_err = LR.history_["rel_error"][-1]
+        else:
+            A = store.dense_original()
+            _, s, _ = truncated_svd(A, args.rank)
+            nrm2 = float(np.sum(A**2))
+            lr_err = float(np.sqrt(max(nrm2 - float(np.sum(s**2)), 0.0) / nrm2))
+            del A
+    seconds = dict(h.get("seconds", {}))
+    seconds["lowrank_baseline"] = time.perf_counter() - t1
+    seconds["total"] = time.perf_counter() - t0
+    rel = float(h["rel_error"][-1])
+    result: dict[str, Any] = {
+        "matrix": str(args.matrix),
+        "shape": [m, n],
+        "rel_error": rel,
+        "lowrank_rel_error": lr_err,
+        "storage": int(M.storage),
+        "rank": int(M.rank),
+        "ranks": list(M.ranks),
+        "blocks": list(M.rows.n_blocks),
+        "epochs": len(h["rel_error"]) - 1,
+        "rank_moves": len(h.get("rank_moves", [])),
+        "seconds": seconds,
+    }
+    if out is not None:
+        from mlr_dask.io import atomic_group
+
+        with atomic_group(out, "mlr-matrix", 1) as g:
+            M.write_zarr(g)
+            g.attrs["fit"] = json.loads(json.dumps({
+                "rel_error": h["rel_error"], "rank_moves": h.get("rank_moves", []),
+                "seconds": seconds, "source": str(args.matrix)}, default=float))
+        result["out"] = str(out)
+    if plots is not None:
+        result["plots"] = _plots(plots, M)
+    return result
+
+
+def register_generate(gen_subparsers: Any, common: argparse.ArgumentParser) -> None:
+    for kind, text in GEN_HELP.items():
+        p = gen_subparsers.add_parser(kind, parents=[common], help=text, description=text)
+        p.add_argument("--n", type=_positive_int, required=True,
+                       help="columns (and rows unless --m)")
+        if kind in ("dgt", "radial"):
+            p.add_argument("--m", type=_positive_int, default=None, help="rows (default n)")
+        p.add_argument("--seed", type=int, required=True)
+        p.add_argument("--out", required=True, help="output store (zarr)")
+        p.add_argument("--chunk", type=_positive_int, default=2048, help="zarr chunk side")
+        p.set_defaults(func=run_generate, gen_kind=kind)
+
+
+def run_generate(args: argparse.Namespace) -> dict[str, Any]:
+    from mlr_dask.datasets.matrices import GENERATORS, _check
+    from mlr_dask.datasets.mlr import write_matrix_store
+
+    kind = args.gen_kind
+    n = args.n
+    m = getattr(args, "m", None) or n
+    _check(m, n)
+    out = _check_output(args.out, "--out")
+    if kind in ("dgt", "radial"):
+        A = GENERATORS[kind](m, n, seed=args.seed)
+        params = {"m": m, "n": n, "seed": args.seed}
+    else:
+        A = GENERATORS[kind](n, seed=args.seed)
+        params = {"n": n, "seed": args.seed}
+    write_matrix_store(out, A, kind=kind, attrs=params, chunk=args.chunk)
+    return {"out": str(out), "kind": kind, "shape": list(A.shape),
+            "fro_norm": float(np.linalg.norm(A))}

@@ -1,0 +1,153 @@
+"""Rank allocation with a fixed hierarchy and a fixed total rank: greedy exchange (``mlr.md`` 3).
+
+The last BCD sweep predicts the change of the squared error when one rank moves from level
+``j`` to level ``i``: ``delta_minus[j] - delta_plus[i]``. The best few moves are tried, each on
+a copy of the state with a short warm-started BCD (the new column of ``i`` from the stored
+``(r_i+1)``-th singular pair, the weakest column of ``j`` dropped); the first trial (in predicted
+order) whose loss is below both the current loss and a control trial (the same epochs without a
+move, so that the gain of the extra epochs is not credited to the move; ``control=False``
+drops it) is accepted; the move just made is not undone at the next step. The trials of one
+step are independent and run in parallel threads (numpy, LAPACK and the numba kernels release
+the GIL). Stops when no trial improves, the relative improvement is below ``eps``, or after
+``max_steps`` moves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from mlr_dask.fit.bcd import BCDState, add_lowrank, epoch_order, sweep
+
+__all__ = ["rank_caps", "move_rank", "allocate_ranks"]
+
+
+def rank_caps(rb: Sequence[np.ndarray], cb: Sequence[np.ndarray]) -> list[int]:
+    """Largest useful rank per level: its smallest block dimension."""
+    return [int(min(np.diff(a).min(), np.diff(b).min())) for a, b in zip(rb, cb, strict=True)]
+
+
+def _level_rank1(st: BCDState, lvl: int, b: np.ndarray, c: np.ndarray, alpha: float) -> None:
+    rb, cb = st.rb[lvl], st.cb[lvl]
+    for k in range(rb.size - 1):
+        add_lowrank(st.R[rb[k]:rb[k + 1], cb[k]:cb[k + 1]], b[rb[k]:rb[k + 1], None],
+                    c[cb[k]:cb[k + 1], None], alpha)
+
+
+def move_rank(st: BCDState, src: int, dst: int) -> None:
+    """Move one rank from level ``src`` to level ``dst`` in place: drop the last (weakest)
+    column of ``src`` and add the stored next singular pair of ``dst``; the residual and the
+    loss are updated (exactly, one pass over the residual)."""
+    b, c = st.B[src][:, -1].copy(), st.C[src][:, -1].copy()
+    _level_rank1(st, src, b, c, 1.0)
+    st.B[src] = np.ascontiguousarray(st.B[src][:, :-1])
+    if not st.psd:
+        st.C[src] = np.ascontiguousarray(st.C[src][:, :-1])
+    nb, nc = st.next_B[dst], (st.next_B[dst] if st.psd else st.next_C[dst])
+    _level_rank1(st, dst, nb, nc, -1.0)
+    st.B[dst] = np.hstack([st.B[dst], nb[:, None]])
+    if st.psd:
+        st.C = st.B
+    else:
+        st.C[dst] = np.hstack([st.C[dst], nc[:, None]])
+    st.ranks[src] -= 1
+    st.ranks[dst] += 1
+    st.exact_loss()
+
+
+def _blas_single_thread(enabled: bool) -> Any:
+    if not enabled:
+        return contextlib.nullcontext()
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - threadpoolctl ships with scikit-learn
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1)
+
+
+def allocate_ranks(
+    st: BCDState,
+    *,
+    n_trials: int = 3,
+    trial_epochs: int = 1,
+    eps: float = 1e-3,
+    max_steps: int = 200,
+    n_jobs: int = 2,
+    control: bool = True,
+    callback: Callable[[dict[str, Any]], None] | None = None,
+) -> tuple[BCDState, list[dict[str, Any]]]:
+    """Greedy rank exchange starting from ``st`` (whose side outputs must come from a recent
+    sweep over all levels). Returns the final state (never worse than ``st``) and the list of
+    accepted moves ``{"step", "src", "dst", "rel_error", "ranks"}``.
+
+    Memory: each running trial holds a copy of the residual (m n numbers), ``min(n_jobs,
+    n_trials)`` at a time.
+    """
+    L = len(st.ranks)
+    caps = rank_caps(st.rb, st.cb)
+    moves: list[dict[str, Any]] = []
+    if L < 2:
+        return st, moves
+    order = epoch_order(L)
+
+    def trial(pair: tuple[int, int] | None) -> BCDState:
+        t = st_ref[0].copy()
+        if pair is not None:
+            move_rank(t, pair[0], pair[1])
+        for _ in range(trial_epochs):
+            sweep(t, order)
+        t.exact_loss()
+        return t
+
+    st_ref = [st]
+    last: tuple[int, int] | None = None
+    with _blas_single_thread(n_jobs > 1), ThreadPoolExecutor(max_workers=max(1, n_jobs)) as pool:
+        for step in range(max_steps):
+            cur = st_ref[0]
+            cand = []
+            for j in range(L):
+                if cur.ranks[j] < 1 or not np.isfinite(cur.delta_minus[j]):
+                    continue
+                for i in range(L):
+                    if i == j or cur.ranks[i] >= caps[i]:
+                        continue
+                    cand.append((cur.delta_minus[j] - cur.delta_plus[i], j, i))
+            if not cand:
+                break
+            cand.sort()
+            pairs: list[tuple[int, int] | None] = [(j, i) for _, j, i in cand[:n_trials + 1]]
+            if last is not None:  # no immediate undo of the previous move
+                pairs = [p for p in pairs if p != (last[1], last[0])] or pairs
+            pairs = pairs[:n_trials]
+            if control:
+                pairs.append(None)  # control: the same epochs without a move
+            results = list(pool.map(trial, pairs)) if n_jobs > 1 else [trial(p) for p in pairs]
+            ctrl = results.pop() if control else cur
+            if control:
+                pairs.pop()
+            bar = min(cur.loss, ctrl.loss)
+            accepted = None
+            for p, t in zip(pairs, results, strict=True):
+                if t.loss < bar:
+                    accepted = (p, t)
+                    break
+            if accepted is None:
+                if ctrl.loss < cur.loss:  # keep the extra epochs of the control
+                    st_ref[0] = ctrl
+                break
+            (j, i), t = accepted
+            last = (j, i)
+            improvement = (cur.loss - t.loss) / cur.loss if cur.loss > 0 else 0.0
+            st_ref[0] = t
+            info = {"step": step, "src": j, "dst": i, "rel_error": t.rel_error,
+                    "ranks": list(t.ranks)}
+            moves.append(info)
+            if callback:
+                callback(info)
+            if improvement < eps:
+                break
+    return st_ref[0], moves

@@ -1,0 +1,217 @@
+"""Truncated SVDs and PSD eigen-decompositions of single blocks and batches of blocks.
+
+- :func:`batched_svd` / :func:`batched_psd_eig`: dense decompositions of a stack of equal-shape
+  (zero padded) blocks, one LAPACK call per block inside numpy's batched loop.
+- :func:`randomized_svd` / :func:`randomized_psd_eig`: range finder with ``q`` power iterations
+  for large blocks; a warm-start basis (``init``) is always kept in the range, so the returned
+  rank-k approximation is at least as good as the warm start (the loss of BCD never increases).
+- A block that is exactly zero gives zero factors (no random basis of a zero range).
+
+All return factors sorted by decreasing singular value / eigenvalue; the ``k``-th returned
+column is zero when the block has fewer than ``k`` non-zero singular values.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = [
+    "batched_svd",
+    "batched_psd_eig",
+    "randomized_svd",
+    "batched_randomized_svd",
+    "randomized_psd_eig",
+    "block_svd",
+    "block_psd_eig",
+]
+
+
+def _pad_cols(x: np.ndarray, k: int, axis: int) -> np.ndarray:
+    have = x.shape[axis]
+    if have >= k:
+        return np.take(x, np.arange(k), axis=axis)
+    pad = [(0, 0)] * x.ndim
+    pad[axis] = (0, k - have)
+    return np.pad(x, pad)
+
+
+def batched_svd(G: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Top-``k`` SVD of every block of ``G`` (t, M, N).
+
+    Returns ``U`` (t, M, k), ``s`` (t, k), ``V`` (t, N, k) with ``G[i] ~ U[i] diag(s[i]) V[i]^T``;
+    columns past ``min(M, N)`` are zero.
+    """
+    t, M, N = G.shape
+    if t == 0 or min(M, N) == 0:
+        return np.zeros((t, M, k)), np.zeros((t, k)), np.zeros((t, N, k))
+    if M == 1 or N == 1:  # vectors: no LAPACK call needed
+        if M == 1:
+            nrm = np.linalg.norm(G[:, 0, :], axis=1)
+            safe = np.where(nrm > 0, nrm, 1.0)
+            U = np.where(nrm > 0, 1.0, 0.0)[:, None, None] * np.ones((t, 1, 1))
+            V = (G[:, 0, :] / safe[:, None])[:, :, None]
+        else:
+            nrm = np.linalg.norm(G[:, :, 0], axis=1)
+            safe = np.where(nrm > 0, nrm, 1.0)
+            U = (G[:, :, 0] / safe[:, None])[:, :, None]
+            V = np.where(nrm > 0, 1.0, 0.0)[:, None, None] * np.ones((t, 1, 1))
+        return _pad_cols(U, k, 2), _pad_cols(nrm[:, None], k, 1), _pad_cols(V, k, 2)
+    U, s, Vt = np.linalg.svd(G, full_matrices=False)
+    V = np.swapaxes(Vt, 1, 2)
+    return _pad_cols(U, k, 2), _pad_cols(s, k, 1), _pad_cols(V, k, 2)
+
+
+def batched_psd_eig(G: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` eigenpairs of the symmetric part of every block of ``G`` (t, M, M), with
+    negative eigenvalues clipped to 0. Returns ``V`` (t, M, k), ``lam`` (t, k) >= 0."""
+    t, M, _ = G.shape
+    if t == 0 or M == 0:
+        return np.zeros((t, M, k)), np.zeros((t, k))
+    S = 0.5 * (G + np.swapaxes(G, 1, 2))
+    lam, V = np.linalg.eigh(S)
+    lam, V = lam[:, ::-1], V[:, :, ::-1]
+    lam = np.maximum(lam, 0.0)
+    return _pad_cols(V, k, 2), _pad_cols(lam, k, 1)
+
+
+def _orth(Y: np.ndarray) -> np.ndarray:
+    return np.linalg.qr(Y)[0]
+
+
+def batched_randomized_svd(
+    G: np.ndarray,
+    k: int,
+    *,
+    q: int = 2,
+    oversample: int = 10,
+    init: tuple[np.ndarray, np.ndarray] | None = None,
+    rng: np.random.Generator | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Batched twin of :func:`randomized_svd` for a stack ``G`` (t, M, N); ``init`` =
+    ``(Bp, Cp)`` (t, M, j), (t, N, j). Returns ``U`` (t, M, k), ``s`` (t, k), ``V`` (t, N, k)."""
+    rng = np.random.default_rng(0) if rng is None else rng
+    t, M, N = G.shape
+    ell = min(k + oversample, M, N)
+    j = 0 if init is None else init[0].shape[2]
+    Om = rng.standard_normal((N, max(ell - j, 1)))
+    Om = np.broadcast_to(Om, (t, *Om.shape))
+    if j:
+        Om = np.concatenate([init[1], Om], axis=2)
+    GT = np.swapaxes(G, 1, 2)
+    Y = G @ Om
+    for _ in range(q):
+        Q = np.linalg.qr(Y)[0]
+        Z = np.linalg.qr(GT @ Q)[0]
+        Y = G @ Z
+    if j:
+        Y = np.concatenate([init[0], Y], axis=2)
+    Q = np.linalg.qr(Y)[0]
+    S = np.swapaxes(Q, 1, 2) @ G  # (t, l, N)
+    Us, s, Vt = np.linalg.svd(S, full_matrices=False)
+    return _pad_cols(Q @ Us, k, 2), _pad_cols(s, k, 1), _pad_cols(np.swapaxes(Vt, 1, 2), k, 2)
+
+
+def randomized_svd(
+    M: np.ndarray,
+    k: int,
+    *,
+    q: int = 2,
+    oversample: int = 10,
+    init: tuple[np.ndarray, np.ndarray] | None = None,
+    rng: np.random.Generator | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Top-``k`` SVD of ``M`` (a, b) by a randomized range finder, reading ``M`` 2(q+1) times.
+
+    ``init = (B0, C0)`` (a, j) and (b, j): a warm start; ``C0`` joins the test matrix and
+    ``B0`` the final range, so the best rank-k approximation returned is at least as good as
+    ``B0 C0^T``. Returns ``U`` (a, k), ``s`` (k,), ``V`` (b, k).
+    """
+    rng = np.random.default_rng(0) if rng is None else rng
+    a, b = M.shape
+    ell = min(k + oversample, a, b)
+    j = 0 if init is None else init[0].shape[1]
+    Om = rng.standard_normal((b, max(ell - j, 1)))
+    if j:
+        Om = np.hstack([init[1], Om])
+    Y = M @ Om
+    for _ in range(q):
+        Q = _orth(Y)
+        Z = _orth(M.T @ Q)
+        Y = M @ Z
+    if j:
+        Y = np.hstack([init[0], Y])
+    Q = _orth(Y)
+    Bs = Q.T @ M  # (l, b)
+    Us, s, Vt = np.linalg.svd(Bs, full_matrices=False)
+    U = Q @ Us
+    return _pad_cols(U, k, 1), _pad_cols(s, k, 0), _pad_cols(Vt.T, k, 1)
+
+
+def randomized_psd_eig(
+    M: np.ndarray,
+    k: int,
+    *,
+    q: int = 2,
+    oversample: int = 10,
+    init: np.ndarray | None = None,
+    rng: np.random.Generator | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` eigenpairs (negative eigenvalues clipped) of the symmetric part of ``M``
+    (a, a) by subspace iteration; ``init`` (a, j) is kept in the subspace (warm start).
+    Returns ``V`` (a, k), ``lam`` (k,) >= 0."""
+    rng = np.random.default_rng(0) if rng is None else rng
+    a = M.shape[0]
+    ell = min(k + oversample, a)
+    j = 0 if init is None else init.shape[1]
+    Om = rng.standard_normal((a, max(ell - j, 1)))
+    if j:
+        Om = np.hstack([init, Om])
+    Q = _orth(Om)
+    for _ in range(q + 1):
+        Y = M @ Q
+        Q = _orth(np.hstack([init, Y]) if j else Y)
+    T = Q.T @ (M @ Q)
+    T = 0.5 * (T + T.T)
+    lam, W = np.linalg.eigh(T)
+    lam, W = lam[::-1], W[:, ::-1]
+    V = Q @ W
+    return _pad_cols(V, k, 1), _pad_cols(np.maximum(lam, 0.0), k, 0)
+
+
+def block_svd(
+    M: np.ndarray,
+    k: int,
+    *,
+    exact_max: int = 400,
+    q: int = 2,
+    init: tuple[np.ndarray, np.ndarray] | None = None,
+    rng: np.random.Generator | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Top-``k`` SVD of one block: dense LAPACK when ``min(M.shape) <= exact_max`` or ``k`` is
+    close to it, randomized otherwise; zeros for an exactly zero block."""
+    a, b = M.shape
+    if not np.any(M):
+        return np.zeros((a, k)), np.zeros(k), np.zeros((b, k))
+    if min(a, b) <= max(exact_max, 4 * (k + 10)):
+        U, s, V = batched_svd(M[None], k)
+        return U[0], s[0], V[0]
+    return randomized_svd(M, k, q=q, init=init, rng=rng)
+
+
+def block_psd_eig(
+    M: np.ndarray,
+    k: int,
+    *,
+    exact_max: int = 400,
+    q: int = 2,
+    init: np.ndarray | None = None,
+    rng: np.random.Generator | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """PSD twin of :func:`block_svd` for a square (symmetric) block."""
+    a = M.shape[0]
+    if not np.any(M):
+        return np.zeros((a, k)), np.zeros(k)
+    if a <= max(exact_max, 4 * (k + 10)):
+        V, lam = batched_psd_eig(M[None], k)
+        return V[0], lam[0]
+    return randomized_psd_eig(M, k, q=q, init=init, rng=rng)

@@ -1,0 +1,95 @@
+import numpy as np
+import pytest
+import scipy.sparse.linalg as spla
+
+import mlr_dask.fit.api as api
+from mlr_dask.datasets.mlr import mlr_plus_noise
+from mlr_dask.errors import InputError
+from mlr_dask.fit import fit_mlr, lowrank
+from mlr_dask.hierarchy import Hierarchy
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    def boom(*a, **k):  # pragma: no cover - reached only when validation is missing
+        raise AssertionError("work started before the input was validated")
+
+    monkeypatch.setattr(api, "init_state", boom)
+    monkeypatch.setattr(api, "spectral_partition", boom)
+
+
+@pytest.mark.parametrize(
+    "A, kwargs, match",
+    [
+        (np.full((8, 8), np.nan), {"rank": 2}, "NaN"),
+        (np.ones((8, 10)), {"rank": 2, "symmetric": True}, "square"),
+        (np.ones((8, 10)), {"rank": 2, "psd": True}, "square"),
+        (np.ones((8, 10)), {"rank": 9}, "larger than min"),
+        (np.ones((8, 8)), {"rank": 2, "hierarchy": Hierarchy.dyadic(9, 2)}, "sizes"),
+        (np.ones((8, 8)), {"rank": 2, "method": "sgd"}, "method"),
+        (np.ones((8, 8)), {"rank": 3, "ranks": [1, 1]}, "sum"),
+        (np.ones((8, 8)), {"rank": 2, "partition": "given"}, "given"),
+        (np.ones((8,)), {"rank": 1}, "2-D"),
+        (np.ones((8, 8)), {"rank": 2, "levels": 7}, "levels need"),
+    ],
+)
+def test_bad_input_raises_before_work(no_work, A, kwargs, match):
+    with pytest.raises(InputError, match=match):
+        fit_mlr(A, **kwargs)
+
+
+def test_fit_mlr_learned_beats_lowrank_and_has_history():
+    truth, A = mlr_plus_noise(128, 96, rank=10, n_levels=4, noise=0.02, rng=7)
+    M = fit_mlr(A, 10, levels=4, max_iter=50)
+    err = np.linalg.norm(A - M.to_dense()) / np.linalg.norm(A)
+    lr = np.linalg.norm(A - lowrank(A, 10).to_dense()) / np.linalg.norm(A)
+    assert err < 0.5 * lr
+    assert M.rank == 10 and M.storage == (128 + 96) * 10
+    h = M.history_
+    assert set(h["seconds"]) >= {"partition", "rank_allocation", "fit"}
+    assert abs(h["rel_error"][-1] - err) < 1e-10
+    assert np.all(np.diff(h["rel_error"]) <= 1e-12)
+
+
+def test_fit_mlr_given_hierarchy_fixed_ranks():
+    truth, A = mlr_plus_noise(64, 64, rank=8, n_levels=3, noise=0.05, rng=1)
+    M = fit_mlr(A, hierarchy=(truth.rows, truth.cols), ranks=truth.ranks, allocate_ranks=False)
+    assert M.ranks == truth.ranks and M.rows == truth.rows
+    assert np.linalg.norm(A - M.to_dense()) / np.linalg.norm(A) < 0.06
+
+
+def test_fit_mlr_psd_and_dyadic(rng):
+    X = rng.standard_normal((64, 200))
+    S = X @ X.T / 200
+    M = fit_mlr(S, 12, psd=True, levels=4)
+    assert M.symmetric
+    assert np.linalg.eigvalsh(M.to_dense()).min() > -1e-10
+    D = fit_mlr(S, 12, partition="dyadic", levels=4, allocate_ranks=False)
+    assert D.rows.n_blocks == (1, 2, 4, 64)
+
+
+def test_fit_mlr_zarr_store_and_dask_array(tmp_path):
+    import dask.array as da
+
+    from mlr_dask.datasets.mlr import write_matrix_store
+
+    truth, A = mlr_plus_noise(64, 48, rank=6, n_levels=3, noise=0.05, rng=2)
+    Ah = A[truth.rows.perm][:, truth.cols.perm]
+    write_matrix_store(tmp_path / "m.zarr", Ah, kind="mlr", rows=truth.rows, cols=truth.cols)
+    M1 = fit_mlr(str(tmp_path / "m.zarr"), 6, partition="given", ranks=truth.ranks,
+                 allocate_ranks=False)
+    M2 = fit_mlr(A, 6, hierarchy=(truth.rows, truth.cols), ranks=truth.ranks,
+                 allocate_ranks=False)
+    np.testing.assert_allclose(M1.to_dense(), M2.to_dense(), atol=1e-10)
+    M3 = fit_mlr(da.from_array(A, chunks=16), 6, hierarchy=(truth.rows, truth.cols),
+                 ranks=truth.ranks, allocate_ranks=False, backend="numpy")
+    np.testing.assert_allclose(M3.to_dense(), M2.to_dense(), atol=1e-10)
+
+
+def test_fit_mlr_operator_matvec_only(rng):
+    truth, A = mlr_plus_noise(64, 64, rank=6, n_levels=3, noise=0.0, rng=4, permute=False)
+    op = spla.aslinearoperator(A)
+    M = fit_mlr(op, ranks=truth.ranks, partition="dyadic", allocate_ranks=False, max_iter=30,
+                tol=1e-10)
+    assert np.linalg.norm(A - M.to_dense()) / np.linalg.norm(A) < 1e-4
+    assert np.all(np.diff(M.history_["rel_error"]) <= 1e-12)

@@ -1,0 +1,143 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as hst
+
+from mlr_dask.datasets.mlr import mlr_plus_noise
+from mlr_dask.fit import fit_factors
+from mlr_dask.fit.bcd import epoch_order, fit_level, init_state, run_bcd
+from mlr_dask.hierarchy import Hierarchy
+
+
+def _pair(rng, m, n, levels):
+    rows = Hierarchy.dyadic(m, levels)
+    cols = Hierarchy.dyadic(n, levels)
+    return rows.with_perm(rng.permutation(m)), cols.with_perm(rng.permutation(n))
+
+
+def _dense_loss(A, M):
+    return float(np.linalg.norm(A - M.to_dense()) ** 2)
+
+
+@settings(max_examples=25)
+@given(hst.integers(0, 10_000), hst.booleans(), hst.sampled_from([4, 10_000]))
+def test_bcd_never_increases_loss_and_tracks_it(seed, psd, exact_max):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(20, 70))
+    m = n if psd else int(rng.integers(20, 70))
+    rows = Hierarchy.random(m, 4, rng=rng, permute=False)
+    bounds = rows.boundaries
+    if psd:
+        X = rng.standard_normal((n, n))
+        Ap = X @ X.T / n
+        cb = bounds
+    else:
+        Ap = rng.standard_normal((m, n))
+        cb = [np.unique(np.round(b * n / m).astype(np.int64)) for b in bounds]
+        if any(c.size != b.size for c, b in zip(cb, bounds, strict=True)):
+            return  # a block would be empty on the column side
+    caps = [int(min(np.diff(a).min(), np.diff(b).min())) for a, b in zip(bounds, cb, strict=True)]
+    ranks = [int(rng.integers(0, c + 1)) for c in caps]
+    st = init_state(Ap, bounds, cb, ranks, psd=psd, exact_max=exact_max, q=1, seed=seed)
+    losses = [st.loss]
+    for lvl in list(range(len(ranks))) + epoch_order(len(ranks)) * 2:
+        fit_level(st, lvl)
+        losses.append(st.loss)
+    assert np.all(np.diff(losses) <= 1e-9 * losses[0] + 1e-12)
+    tracked = st.loss
+    assert abs(st.exact_loss() - tracked) <= 1e-8 * max(losses[0], 1e-300)
+    # the residual equals A minus the model (dense reference)
+    model = np.zeros_like(Ap)
+    for lvl in range(len(ranks)):
+        rb, c = bounds[lvl], cb[lvl]
+        for k in range(rb.size - 1):
+            model[rb[k]:rb[k + 1], c[k]:c[k + 1]] += (
+                st.B[lvl][rb[k]:rb[k + 1]] @ st.C[lvl][c[k]:c[k + 1]].T)
+    np.testing.assert_allclose(st.R, Ap - model, atol=1e-10 * np.abs(Ap).max())
+
+
+@pytest.mark.parametrize("shape", [(60, 45), (120, 120)])
+def test_one_level_is_truncated_svd(rng, shape):
+    A = rng.standard_normal(shape)
+    r = 7
+    M = fit_factors(A, Hierarchy([[0, shape[0]]]), Hierarchy([[0, shape[1]]]), [r])
+    s = np.linalg.svd(A, compute_uv=False)
+    best = np.sqrt((s[r:] ** 2).sum()) / np.linalg.norm(A)
+    err = np.linalg.norm(A - M.to_dense()) / np.linalg.norm(A)
+    assert abs(err - best) <= 1e-10
+    assert abs(M.history_["rel_error"][-1] - best) <= 1e-10
+
+
+def test_one_level_randomized_path_is_truncated_svd(rng):
+    U = np.linalg.qr(rng.standard_normal((500, 40)))[0]
+    V = np.linalg.qr(rng.standard_normal((450, 40)))[0]
+    A = (U * 0.8 ** np.arange(40)) @ V.T
+    st = init_state(A, [np.array([0, 500])], [np.array([0, 450])], [5], exact_max=50, q=3)
+    run_bcd(st, max_iter=5, tol=0)
+    s = np.linalg.svd(A, compute_uv=False)
+    best = np.sqrt((s[5:] ** 2).sum()) / np.linalg.norm(A)
+    assert abs(st.rel_error - best) <= 1e-10
+
+
+@pytest.mark.parametrize("psd", [False, True])
+def test_mlr_plus_noise_reaches_noise_level(psd):
+    rng = np.random.default_rng(3)
+    if psd:
+        rows = Hierarchy.dyadic(600, 4)
+        rows = rows.refine(rows.block_sizes(-1)).with_perm(rng.permutation(600))
+        ranks = [3, 2, 2, 1, 1]
+        from mlr_dask.mlr import MLRMatrix
+
+        truth = MLRMatrix.random(rows, None, ranks, rng=rng)
+        T = truth.to_dense()
+        E = rng.standard_normal(T.shape)
+        E = (E + E.T) / 2
+        E *= 0.05 * np.linalg.norm(T) / np.linalg.norm(E)
+        A = T + E
+        cols = rows
+    else:
+        truth, A = mlr_plus_noise(600, 500, rank=8, n_levels=5, noise=0.05, rng=3)
+        rows, cols, ranks = truth.rows, truth.cols, truth.ranks
+        E = A - truth.to_dense()
+    noise_rel = np.linalg.norm(E) / np.linalg.norm(A)
+    M = fit_factors(A, rows, cols, ranks, psd=psd, max_iter=300, tol=1e-7)
+    err = np.linalg.norm(A - M.to_dense()) / np.linalg.norm(A)
+    # the storage is a few % of m n, so the fit can absorb only a few % of the noise energy
+    assert abs(err - noise_rel) <= 0.02 * noise_rel
+    if psd:
+        assert M.symmetric
+        ev = np.linalg.eigvalsh(M.to_dense())
+        assert ev.min() >= -1e-10 * ev.max()
+
+
+def test_psd_fit_of_indefinite_target_is_psd(rng):
+    X = rng.standard_normal((64, 64))
+    A = X + X.T
+    h = Hierarchy.dyadic(64, 3)
+    M = fit_factors(A, h, h, [3, 2, 2], psd=True)
+    ev = np.linalg.eigvalsh(M.to_dense())
+    assert ev.min() >= -1e-10 * max(ev.max(), 1.0)
+    # a PSD fit can only use the positive part: error at least that of A's negative part
+    w = np.linalg.eigvalsh(A)
+    neg = np.sqrt((w[w < 0] ** 2).sum())
+    assert np.linalg.norm(A - M.to_dense()) >= neg - 1e-9
+
+
+def test_als_and_bcd_agree(rng):
+    truth, A = mlr_plus_noise(96, 80, rank=10, n_levels=4, noise=0.1, rng=5)
+    res = {}
+    for method in ("bcd", "als"):
+        M = fit_factors(A, truth.rows, truth.cols, truth.ranks, method=method, max_iter=500,
+                        tol=1e-9)
+        res[method] = np.linalg.norm(A - M.to_dense()) / np.linalg.norm(A)
+        h = M.history_["rel_error"]
+        assert np.all(np.diff(h) <= 1e-12)
+    assert abs(res["als"] - res["bcd"]) <= 0.01 * res["bcd"]
+
+
+def test_rank_larger_than_block_is_refused(rng):
+    from mlr_dask.errors import InputError
+
+    h = Hierarchy.dyadic(16, 3)
+    with pytest.raises(InputError, match="smallest block"):
+        fit_factors(rng.standard_normal((16, 16)), h, h, [1, 1, 5])

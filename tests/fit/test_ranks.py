@@ -1,0 +1,57 @@
+import numpy as np
+
+from mlr_dask.datasets.mlr import mlr_plus_noise
+from mlr_dask.fit.bcd import init_state, run_bcd
+from mlr_dask.fit.ranks import allocate_ranks, move_rank, rank_caps
+
+
+def _state(ranks, seed=0):
+    truth, A = mlr_plus_noise(160, 128, ranks=[6, 1, 4, 1], n_levels=4, noise=0.02, rng=seed)
+    Ap = A[truth.rows.perm][:, truth.cols.perm]
+    st = init_state(Ap, truth.rows.boundaries, truth.cols.boundaries, ranks)
+    run_bcd(st, max_iter=3, tol=0)
+    return st
+
+
+def test_allocation_never_worse_and_improves_bad_start():
+    st = _state([1, 6, 1, 4])
+    start = st.loss
+    out, moves = allocate_ranks(st, n_jobs=2, eps=1e-6)
+    assert out.loss <= start
+    assert sum(out.ranks) == 12
+    assert len(moves) >= 1 and out.loss < 0.9 * start
+    for m in moves:
+        assert set(m) == {"step", "src", "dst", "rel_error", "ranks"}
+    errs = [st.rel_error] + [m["rel_error"] for m in moves]
+    assert np.all(np.diff(errs) < 0)
+    caps = rank_caps(out.rb, out.cb)
+    assert all(0 <= r <= c for r, c in zip(out.ranks, caps, strict=True))
+
+
+def test_allocation_sequential_equals_parallel():
+    a, _ = allocate_ranks(_state([1, 6, 1, 4]), n_jobs=1, max_steps=3)
+    b, _ = allocate_ranks(_state([1, 6, 1, 4]), n_jobs=2, max_steps=3)
+    assert a.ranks == b.ranks
+    np.testing.assert_allclose(a.loss, b.loss, rtol=1e-10)
+
+
+def test_allocation_from_good_start_is_not_worse():
+    st = _state([6, 1, 4, 1])
+    start = st.loss
+    out, _ = allocate_ranks(st)
+    assert out.loss <= start
+
+
+def test_move_rank_keeps_residual_consistent():
+    st = _state([3, 3, 3, 3])
+    move_rank(st, 1, 0)
+    assert st.ranks == [4, 2, 3, 3]
+    assert [b.shape[1] for b in st.B] == st.ranks
+    Ap = st.R.copy()
+    for lvl in range(4):
+        rb, cb = st.rb[lvl], st.cb[lvl]
+        for k in range(rb.size - 1):
+            Ap[rb[k]:rb[k + 1], cb[k]:cb[k + 1]] += (
+                st.B[lvl][rb[k]:rb[k + 1]] @ st.C[lvl][cb[k]:cb[k + 1]].T)
+    st2 = init_state(Ap, st.rb, st.cb, st.ranks, B=st.B, C=st.C)
+    np.testing.assert_allclose(st2.R, st.R, atol=1e-10)
