@@ -17,15 +17,6 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("path", help="a zarr store written by mlr-dask")
     p.set_defaults(func=run_info)
 
-    d = sub.add_parser(
-        "demo", parents=[common],
-        help="a small end-to-end run on the cluster (embedded LocalCluster by default)",
-    )
-    d.add_argument("--n", type=int, default=4096, help="matrix size (default 4096)")
-    d.add_argument("--rank", type=int, default=24)
-    d.add_argument("--workers", type=int, default=2, help="workers of the embedded cluster")
-    d.add_argument("--keep", default=None, metavar="DIR", help="keep the data under DIR")
-    d.set_defaults(func=run_demo)
 
 
 def register_generate(gen: Any, common: argparse.ArgumentParser) -> None:
@@ -107,76 +98,3 @@ def run_generate_mlr(args: argparse.Namespace) -> dict[str, Any]:
     return {"out": str(out), "shape": list(A.shape), "ranks": list(truth.ranks),
             "n_blocks": list(truth.rows.n_blocks), "noise_rel_norm": rel}
 
-
-def run_demo(args: argparse.Namespace) -> dict[str, Any]:
-    """Generate an MLR-plus-noise matrix into zarr, then measure on the cluster (one pass over
-    the stored matrix, chunk by chunk) how far it is from its MLR part (it must equal the
-    in-memory figure), and compare the MLR matvec with a dense matvec over the stored chunks."""
-    import sys
-    import tempfile
-    import time
-
-    from mlr_dask.cluster import connect, stage
-    from mlr_dask.datasets.mlr import mlr_plus_noise, write_matrix_store
-    from mlr_dask.graphs import open_matrix, residual_norms
-    from mlr_dask.mlr import MLRMatrix
-
-    if args.n < 64:
-        raise InputError("--n must be at least 64")
-    if args.keep is not None and not Path(args.keep).is_dir():
-        raise InputError(f"--keep directory {args.keep!r} does not exist")
-
-    def say(msg: str) -> None:
-        if not args.quiet:
-            print(msg, file=sys.stderr)
-
-    seconds: dict[str, float] = {}
-    with (
-        connect(args.scheduler, n_workers=args.workers, quiet=args.quiet) as client,
-        tempfile.TemporaryDirectory(dir=args.keep) as tmp,
-    ):
-        t0 = time.perf_counter()
-        truth, A = mlr_plus_noise(args.n, rank=args.rank, noise=0.1, rng=0)
-        rel_in_memory = float(np.linalg.norm(A - truth.to_dense()) / np.linalg.norm(A))
-        path = Path(tmp) / "demo.zarr"
-        write_matrix_store(path, A[np.ix_(truth.rows.perm, truth.cols.perm)], kind="mlr+noise",
-                           rows=truth.rows, cols=truth.cols, truth=truth, chunk=1024)
-        seconds["generate"] = time.perf_counter() - t0
-        say(f"wrote a {args.n} x {args.n} MLR + noise matrix, ranks {list(truth.ranks)}")
-        t0 = time.perf_counter()
-        A_hier, _, _, g = open_matrix(path)
-        stored_truth = MLRMatrix.read_zarr(g["truth"])
-        with stage("residual-pass"):
-            res, tot = residual_norms(A_hier, stored_truth).compute()
-        seconds["residual_pass"] = time.perf_counter() - t0
-        x = np.random.default_rng(1).standard_normal(args.n)
-        t0 = time.perf_counter()
-        y_dense = np.empty(args.n)
-        with stage("dense-matvec"):
-            y_dense[truth.rows.perm] = (A_hier @ x[truth.cols.perm]).compute()
-        seconds["dense_matvec_dask"] = time.perf_counter() - t0
-        truth @ x  # compile the kernels before timing
-        t0 = time.perf_counter()
-        y_mlr = truth @ x
-        seconds["mlr_matvec"] = time.perf_counter() - t0
-        n_workers = len(client.scheduler_info()["workers"])
-        if args.keep is not None:
-            kept = Path(args.keep) / "demo.zarr"
-            if kept.exists():
-                import shutil
-
-                shutil.rmtree(kept)
-            path.rename(kept)
-            path = kept
-    rel = float(np.sqrt(res / tot))
-    return {
-        "n": args.n,
-        "ranks": list(truth.ranks),
-        "workers": n_workers,
-        "storage_ratio_dense_to_mlr": args.n * args.n / truth.storage,
-        "rel_error_mlr_part": rel,
-        "rel_error_in_memory": rel_in_memory,
-        "matvec_rel_diff": float(np.linalg.norm(y_dense - y_mlr) / np.linalg.norm(y_dense)),
-        "seconds": seconds,
-        "store": str(path) if args.keep else None,
-    }

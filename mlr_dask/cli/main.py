@@ -25,6 +25,7 @@ from mlr_dask.errors import InputError
 
 SUBCOMMAND_MODULES = (
     "mlr_dask.cli.basic",
+    "mlr_dask.cli.demo",
     "mlr_dask.cli.fm",
     "mlr_dask.cli.fit",
     "mlr_dask.cli.gam",

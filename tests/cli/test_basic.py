@@ -81,9 +81,18 @@ def test_console_entry_point(tmp_path):
 
 def test_demo_on_local_cluster(tmp_path, capsys):
     report = tmp_path / "report.html"
-    code, stdout, _ = run(["demo", "--n", "256", "--rank", "8", "--workers", "1", "--json",
-                           "--quiet", "--report", str(report)], capsys)
+    code, stdout, _ = run(["demo", "--n", "256", "--rank", "8", "--fm-features", "400",
+                           "--epochs", "2", "--iters", "3", "--workers", "1", "--json",
+                           "--quiet", "--report", str(report), "--keep", str(tmp_path)], capsys)
     assert code == 0
     assert report.stat().st_size > 1000
     out = json.loads(stdout)
-    assert out["rel_error_mlr_part"] == pytest.approx(out["rel_error_in_memory"], rel=1e-10)
+    mlr = out["mlr"]
+    assert mlr["rel_error_of_true_mlr_on_cluster"] == pytest.approx(
+        mlr["rel_error_of_true_mlr_in_memory"], rel=1e-10)
+    errors = mlr["fit_rel_error_per_epoch"]
+    assert all(b <= a * (1 + 1e-12) for a, b in zip(errors, errors[1:]))
+    assert len(errors) >= 2 and errors[-1] < errors[0]
+    ll = out["fm"]["loglike"]
+    assert len(ll) == 3 and all(b >= a - 1e-8 * abs(a) for a, b in zip(ll, ll[1:]))
+    assert (tmp_path / "demo_mlr.zarr").exists() and (tmp_path / "demo_fm.zarr").exists()
