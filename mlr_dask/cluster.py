@@ -80,7 +80,7 @@ def connect(
     memory_limit : per-worker memory limit for the embedded cluster (bytes or ``"2GB"``).
     quiet : do not print the dashboard link.
     """
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     if address in LOCAL_SCHEDULERS:
         import dask
@@ -88,27 +88,38 @@ def connect(
         with dask.config.set(scheduler=address):
             yield None
         return
+    cluster = None
     if address:
         try:
             client = Client(address, timeout=timeout)
         except (OSError, TimeoutError) as exc:
             raise InputError(f"cannot reach the Dask scheduler at {address!r}: {exc}") from None
-        try:
-            if not quiet:
-                print(f"dask dashboard: {client.dashboard_link}", file=sys.stderr)
-            _prepare(client)
-            with _maybe_report(client):
-                yield client
-        finally:
-            client.close()
-        return
+    else:
+        cluster = _local_cluster(n_workers, threads_per_worker, processes, memory_limit)
+        client = Client(cluster)
+    try:
+        if not quiet:
+            print(f"dask dashboard: {client.dashboard_link}", file=sys.stderr)
+        _prepare(client)
+        with _maybe_report(client):
+            yield client
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
 
-    n_workers = n_workers or max(1, os.cpu_count() or 1)
+
+def _local_cluster(
+    n_workers: int | None, threads_per_worker: int, processes: bool, memory_limit: Any
+) -> Any:
+    """A LocalCluster on loopback whose worker processes run single-threaded BLAS/numba."""
+    from distributed import LocalCluster
+
     saved = {k: os.environ.get(k) for k in SINGLE_THREAD_ENV}
     os.environ.update(SINGLE_THREAD_ENV)  # inherited by the worker processes
     try:
-        cluster = LocalCluster(
-            n_workers=n_workers,
+        return LocalCluster(
+            n_workers=n_workers or max(1, os.cpu_count() or 1),
             threads_per_worker=threads_per_worker,
             processes=processes,
             host="127.0.0.1" if processes else None,
@@ -122,13 +133,3 @@ def connect(
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-    client = Client(cluster)
-    try:
-        if not quiet:
-            print(f"dask dashboard: {client.dashboard_link}", file=sys.stderr)
-        _prepare(client)
-        with _maybe_report(client):
-            yield client
-    finally:
-        client.close()
-        cluster.close()
