@@ -1,0 +1,131 @@
+"""``mlr-dask gam``: bad input exits 2 with one error line; tiny end-to-end runs."""
+
+import json
+import os
+
+import pytest
+
+from mlr_dask.cli.main import main
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(scope="module")
+def scheduler():
+    """An in-process cluster (threads): no worker processes to start, so the tests stay fast."""
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                                  dashboard_address=None) as cluster:
+        yield cluster.scheduler_address
+
+
+def _run(argv, capsys):
+    try:
+        code = main(argv)
+    except SystemExit as exc:
+        code = exc.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["gam", "run", "--motif", "10201", "--quiet"], "alphabet"),
+        (["gam", "run", "--motif", "", "--quiet"], "motif"),
+        (["gam", "run", "--features", "1001112", "--quiet"], "feature code"),
+        (["gam", "run", "--features", "10011", "--quiet"], "feature code"),
+        (["gam", "run", "--train-size", "50000", "--quiet"], "larger than"),
+        (["gam", "run", "--methods", "distill,foo", "--quiet"], "unknown methods"),
+        (["gam", "run", "--set", "nonsense=1", "--quiet"], "unknown configuration"),
+        (["gam", "run", "--train-size", "abc"], "invalid int"),
+        (["gam", "frobnicate"], "invalid choice"),
+        (["gam", "sweep", "/nonexistent/sweep.toml"], "does not exist"),
+    ],
+)
+def test_bad_input_exit_2(argv, needle, capsys):
+    code, out, err = _run(argv, capsys)
+    assert code == 2
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), err
+    assert needle in lines[0]
+    assert out == ""
+
+
+def test_train_size_larger_than_data_file(tmp_path, capsys):
+    path = str(tmp_path / "d.npz")
+    code, out, _ = _run(["gam", "data", "--motif", "0110", "--train-size", "100", "--out", path,
+                         "--json"], capsys)
+    assert code == 0 and json.loads(out)["sizes"]["train"] == 100
+    code, _, err = _run(["gam", "run", "--motif", "0110", "--data", path, "--train-size", "101",
+                         "--quiet"], capsys)
+    assert code == 2 and "larger than the 100" in err
+
+
+def test_sweep_config_validation(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[sweep]\nmotifs = ["10001010001", "12"]\n')
+    code, _, err = _run(["gam", "sweep", str(bad)], capsys)
+    assert code == 2 and "alphabet" in err
+
+
+def test_tiny_run_json(tmp_path, capsys, scheduler):
+    pytest.importorskip("torch")
+    argv = [
+        "gam", "run", "--motif", "0110", "--features", "1001111", "--train-size", "60",
+        "--hidden", "8", "--seed", "3", "--methods", "distill,dpg,pg", "--json", "--quiet",
+        "--scheduler", scheduler, "--out", str(tmp_path / "run"),
+        "--set", "n=8", "--set", "test_size=200", "--set", "r_max_epochs=3",
+        "--set", "pool_size=2000", "--set", "distill_samples=100",
+        "--set", "distill_max_epochs=2", "--set", "dpg_steps=3", "--set", "dpg_batch=200",
+        "--set", "pg_steps=3", "--set", "free_samples=100", "--set", "n_shards=2",
+    ]
+    code, out, _ = _run(argv, capsys)
+    assert code == 0
+    res = json.loads(out)
+    for key in ("ce_r", "ce_plambda", "ce_pi", "entropy_rate", "z", "z_stderr",
+                "acceptance_rate", "motif_freq_r", "motif_freq_pi", "seconds"):
+        assert key in res
+    assert set(res["ce_pi"]) == {"distill", "dpg", "pg"} == set(res["motif_freq_pi"])
+    assert 0 < res["acceptance_rate"] <= 1 and res["z_stderr"] > 0
+    assert {"train_r", "pool", "lambda", "z", "sample_plambda", "distill", "dpg", "pg",
+            "eval"} <= set(res["seconds"])
+    assert sorted(os.listdir(tmp_path / "run")) == [
+        "pi_distill.pt", "pi_dpg.pt", "pi_pg.pt", "r.pt", "summary.json"]
+
+
+def test_tiny_sweep(tmp_path, capsys, scheduler):
+    pytest.importorskip("torch")
+    pytest.importorskip("pyarrow")
+    cfg = os.path.join(REPO, "pipelines", "gam_motif_sweep_small.toml")
+    code, out, _ = _run(["gam", "sweep", cfg, "--out", str(tmp_path), "--scheduler", scheduler,
+                         "--json", "--quiet"], capsys)
+    assert code == 0
+    res = json.loads(out)
+    assert res["configurations"] == 2 and res["failed"] == 0
+    import pandas as pd
+
+    table = pd.read_parquet(res["table"])
+    assert len(table) == 2 and set(table["method"]) == {"distill", "dpg"}
+    assert (table["seconds_train_r"] > 0).all()
+    assert os.path.getsize(res["plot"]) > 1000
+
+
+@pytest.mark.slow
+def test_acceptance_run(capsys):
+    """The issue's acceptance run (minutes): the papers' effect on motif 10001010001."""
+    pytest.importorskip("torch")
+    argv = ["gam", "run", "--motif", "10001010001", "--features", "1001111", "--train-size",
+            "1000", "--hidden", "64", "--seed", "1234", "--json", "--quiet"]
+    code, out, _ = _run(argv, capsys)
+    assert code == 0
+    res = json.loads(out)
+    ce_pi = res["ce_pi"]
+    assert ce_pi["distill"] <= 0.9 * res["ce_r"]
+    assert res["ce_plambda"] < res["ce_r"]
+    assert res["motif_freq_pi"]["distill"] > 10 * res["motif_freq_r"]
+    assert ce_pi["dpg"] <= 1.05 * ce_pi["distill"]
+    # "far worse": on its budget plain PG stays near r instead of approaching P_lambda
+    assert ce_pi["pg"] > 1.2 * ce_pi["distill"]
+    assert res["motif_freq_pi"]["pg"] < 0.5 * res["motif_freq_pi"]["distill"]
+    assert res["seconds"]["total"] < 20 * 60
