@@ -83,7 +83,7 @@ def _quality(kind: str, n: int, rank: int, max_iter: int, tol: float) -> dict[st
         "kind": kind, "shape": [m, nn], "rank": rank, "storage": M.storage,
         "mlr_rel_error": err, "lr_rel_error": lr, "lrd_rel_error": lrd,
         "mlr_over_lr": err / lr, "ranks": list(M.ranks), "epochs": len(M.history_["rel_error"]) - 1,
-        "rank_moves": len(M.history_["rank_moves"]),
+        "rank_moves": len(M.history_["rank_moves"]), "final_fit": M.history_["method"],
         "seconds": {**{k: round(v, 2) for k, v in M.history_["seconds"].items()},
                     "pipeline_total": round(total, 2), "lr": round(t_lr, 2),
                     "lrd": round(t_lrd, 2)},

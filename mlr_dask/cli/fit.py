@@ -43,7 +43,8 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--partition", choices=["spectral", "given", "dyadic"], default="spectral",
                    help="learn the hierarchy, use the store's, or bisect in stored order")
     p.add_argument("--no-rank-alloc", action="store_true", help="keep the starting ranks")
-    p.add_argument("--method", choices=["bcd", "als"], default="bcd")
+    p.add_argument("--method", choices=["auto", "bcd", "als"], default="auto",
+                   help="final fit: ALS when affordable and not --psd (auto), BCD, or ALS")
     p.add_argument("--psd", action="store_true", help="symmetric PSD model B B^T")
     p.add_argument("--symmetric", action="store_true", help="same hierarchy for rows and cols")
     p.add_argument("--max-iter", type=_positive_int, default=100, help="epochs of the final fit")

@@ -26,7 +26,7 @@ from mlr_dask.hierarchy import Hierarchy
 from mlr_dask.mlr import DENSE_LIMIT_BYTES, MLRMatrix
 
 __all__ = ["fit_mlr", "fit_factors", "default_levels", "initial_ranks", "partition_ranks",
-           "load_matrix_store",
+           "load_matrix_store", "als_affordable",
            "MatrixStore"]
 
 
@@ -250,7 +250,7 @@ def fit_mlr(
     ranks: Sequence[int] | None = None,
     partition: str = "spectral",
     allocate_ranks: bool = True,
-    method: str = "bcd",
+    method: str = "auto",
     symmetric: bool = False,
     psd: bool = False,
     max_iter: int = 100,
@@ -292,7 +292,13 @@ def fit_mlr(
     partition_epochs : BCD epochs of the coarser levels before each split (as in the spec: 1).
         8 gave 0.0906 instead of 0.0942 on the radial kernel at n = 5000, but 0.204 instead of
         0.190 on DGT 5000 x 7000.
-    method : ``"bcd"`` or ``"als"`` for the final fit.
+    method : ``"bcd"``, ``"als"`` or ``"auto"`` (default) for the final fit. ``"auto"`` takes
+        ALS when it is affordable (not PSD, and the blocks of the finest level with a nonzero
+        rank few enough that their least-squares solves cost no more than one product of A
+        with r columns, see :func:`als_affordable`), BCD otherwise. From the same start ALS
+        converges faster than BCD (which creeps on for hundreds of epochs): learned pipeline,
+        r = 28, at most 100 epochs, radial n = 2000 0.0882 instead of 0.0951, DGT 2000 x 2800
+        0.1814 instead of 0.1900, in less time. Partitioning and rank allocation use BCD.
     symmetric : square matrix, same hierarchy for rows and columns (Fiedler partitioning).
     psd : symmetric PSD model ``B B^T`` with clipped eigenvalues (implies ``symmetric``).
     max_iter, tol : epochs of the final fit and the relative-decrease stopping rule.
@@ -304,7 +310,8 @@ def fit_mlr(
     progress : optional callback ``progress(stage, info)``.
 
     Memory: the in-memory path materializes about three m x n float64 arrays (the matrix, its
-    permuted copy and the residual; rank-allocation trials add one copy per parallel trial);
+    permuted copy and the residual; rank-allocation trials add one copy per parallel trial;
+    an ALS final fit adds two: the target rebuilt in hierarchy order and its transpose);
     ``backend="auto"`` switches dask and zarr inputs to the Dask path (fixed hierarchy) when
     that would exceed ``mlr_dask.mlr.DENSE_LIMIT_BYTES``.
 
@@ -318,8 +325,8 @@ def fit_mlr(
     seconds: dict[str, float] = {}
     psd = bool(psd)
     symmetric = bool(symmetric) or psd
-    if method not in ("bcd", "als"):
-        raise InputError(f"method must be 'bcd' or 'als', got {method!r}")
+    if method not in ("auto", "bcd", "als"):
+        raise InputError(f"method must be 'auto', 'bcd' or 'als', got {method!r}")
     if psd and method == "als":
         raise InputError("the PSD variant is fitted by BCD only")
     if partition not in ("spectral", "dyadic", "given"):
@@ -493,6 +500,8 @@ def fit_mlr(
 
     t0 = time.perf_counter()
     Ap_for_als = None
+    if method == "auto":
+        method = "als" if not psd and als_affordable(st.rb, st.cb, st.ranks) else "bcd"
     if method == "als":
         Ap_for_als = _rebuild(st)
         hist = run_als(Ap_for_als, st, max_iter=max_iter, tol=tol,
@@ -510,8 +519,24 @@ def fit_mlr(
         "seconds": seconds,
         "ranks": list(st.ranks),
         "rel_error_final": st.rel_error,
+        "method": method,
     }
     return M
+
+
+def als_affordable(rb: Sequence[np.ndarray], cb: Sequence[np.ndarray],
+                   ranks: Sequence[int]) -> bool:
+    """Whether an ALS epoch costs about as much as a BCD epoch: each half step solves one
+    least-squares problem with an (n, r) design per block of the finest level with a nonzero
+    rank (O(n r^2) each), against O(m n r) for the products; ALS is affordable when
+    ``blocks * r <= min(m, n)``. ``rb`` / ``cb``: boundaries per level, ``ranks`` (L,)."""
+    used = [lvl for lvl, r in enumerate(ranks) if r > 0]
+    if not used:
+        return False
+    last = used[-1]
+    m, n = int(rb[0][-1]), int(cb[0][-1])
+    blocks = rb[last].size - 1
+    return blocks * sum(int(r) for r in ranks) <= min(m, n)
 
 
 def _rebuild(st: BCDState) -> np.ndarray:

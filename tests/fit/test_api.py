@@ -93,3 +93,31 @@ def test_fit_mlr_operator_matvec_only(rng):
                 tol=1e-10)
     assert np.linalg.norm(A - M.to_dense()) / np.linalg.norm(A) < 1e-4
     assert np.all(np.diff(M.history_["rel_error"]) <= 1e-12)
+
+
+def test_als_affordable_counts_blocks_of_finest_used_level():
+    h = Hierarchy.dyadic(64, 3)  # 1, 2, 4 blocks
+    h = h.refine(h.block_sizes(-1))  # + 64 atoms
+    b = h.boundaries
+    assert api.als_affordable(b, b, [4, 2, 2, 0])  # 4 blocks * 8 <= 64
+    assert not api.als_affordable(b, b, [4, 2, 1, 1])  # 64 atoms * 8 > 64
+    assert not api.als_affordable(b, b, [0, 0, 0, 0])
+    assert api.als_affordable(b, b, [16, 0, 0, 0])
+
+
+def test_fit_mlr_auto_method_choice():
+    truth, A = mlr_plus_noise(96, 80, rank=6, n_levels=3, noise=0.05, rng=3)
+    kw = dict(hierarchy=(truth.rows, truth.cols), ranks=[4, 2, 0], allocate_ranks=False,
+              max_iter=20)
+    auto = fit_mlr(A, **kw)
+    als = fit_mlr(A, method="als", **kw)
+    bcd = fit_mlr(A, method="bcd", **kw)
+    assert auto.history_["method"] == "als" and bcd.history_["method"] == "bcd"
+    np.testing.assert_allclose(auto.to_dense(), als.to_dense(), rtol=0, atol=1e-12)
+    # rank on the 80 atoms: ALS would be slow (80 solves * r 6 > 80), auto takes BCD
+    many = fit_mlr(A, hierarchy=(truth.rows, truth.cols), ranks=[3, 2, 1],
+                   allocate_ranks=False, max_iter=5)
+    assert truth.rows.n_blocks[-1] == 80 and many.history_["method"] == "bcd"
+    S = A[:80, :80] @ A[:80, :80].T
+    P = fit_mlr(S, 6, psd=True, levels=3, max_iter=5)
+    assert P.history_["method"] == "bcd"
