@@ -49,7 +49,10 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     run.add_argument("--out", default=None, metavar="DIR",
                      help="write checkpoints and summary.json here")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                     help="override any run setting, e.g. --set dpg_steps=500 (repeatable)")
+                     help="override any run setting, e.g. --set dpg_steps=500 (repeatable); "
+                          "budgets are epochs/steps + early stopping, wall-clock limits "
+                          "(r_max_seconds, distill_max_seconds, dpg_max_seconds, "
+                          "pg_max_seconds) are off unless set, and reported when they fire")
     run.set_defaults(func=cmd_run)
 
     sweep = sub.add_parser("sweep", parents=[common], help="run a TOML sweep on Dask")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -45,7 +46,9 @@ class TrainConfig:
     clip: float = 0.25
     patience: int = 8
     max_epochs: int = 400
-    max_seconds: float = float("inf")
+    max_seconds: float | None = None
+    """Optional wall-clock safety limit (None = off). Off by default so that a run gives the
+    same result for the same seed on any machine; when it triggers, the history says so."""
 
 
 class LSTMModel(nn.Module):
@@ -175,6 +178,13 @@ class LSTMSpec:
         return model.eval()
 
 
+#: Held while seeding torch's global generator and training with it (dropout draws from it).
+#: Tasks that share a process (threaded Dask workers, in-process runs) would otherwise interleave
+#: their draws and a run would depend on thread scheduling; worker processes with one thread each
+#: never wait on it. Re-entrant, so a sweep task can hold it around a whole run.
+TORCH_RNG_LOCK = threading.RLock()
+
+
 def build_model(config: LSTMConfig, seed: int) -> LSTMModel:
     """A freshly initialised model (deterministic in ``seed``)."""
     torch.manual_seed(seed)
@@ -225,7 +235,9 @@ def fit_mle(
     """Maximum likelihood with Adam, clipping and early stopping; restores the best checkpoint.
 
     train, valid : (tokens (N, T), lengths (N,)). Returns a history dict with the validation CE
-    per epoch, the best epoch, its CE and the seconds spent.
+    per epoch, the best epoch, its CE, the seconds spent and ``stopped_by``: "patience" (early
+    stopping), "max_epochs" or "time" (the optional ``max_seconds`` safety limit fired: the result
+    then depends on the machine's speed and load, not only on the seed).
     """
     cfg = config or TrainConfig()
     t_start = time.perf_counter()
@@ -237,6 +249,7 @@ def fit_mle(
     best_state = copy.deepcopy(model.state_dict())
     history: list[float] = []
     bs = max(1, min(cfg.batch_size, len(N)))
+    stopped_by = "max_epochs"
     for epoch in range(cfg.max_epochs):
         model.train()
         perm = torch.randperm(len(N), generator=g)
@@ -256,8 +269,10 @@ def fit_mle(
             best = (ce, epoch)
             best_state = copy.deepcopy(model.state_dict())
         elif epoch - best[1] >= cfg.patience:
+            stopped_by = "patience"
             break
-        if time.perf_counter() - t_start > cfg.max_seconds:
+        if cfg.max_seconds is not None and time.perf_counter() - t_start > cfg.max_seconds:
+            stopped_by = "time"
             break
     model.load_state_dict(best_state)
     model.eval()
@@ -266,5 +281,6 @@ def fit_mle(
         "best_epoch": best[1],
         "best_valid_ce": best[0],
         "epochs": len(history),
+        "stopped_by": stopped_by,
         "seconds": time.perf_counter() - t_start,
     }

@@ -22,11 +22,27 @@ from mlr_dask.sequence.features import feature_set_from_code, validate_feature_c
 from mlr_dask.sequence.motif import MotifProcess, contains, read_splits, split_sizes, validate_motif
 
 METHODS = ("distill", "dpg", "pg")
+#: stage -> the optional wall-clock safety limit of that stage (all off by default)
+TIME_LIMITS = {
+    "train_r": "r_max_seconds",
+    "distill": "distill_max_seconds",
+    "dpg": "dpg_max_seconds",
+    "pg": "pg_max_seconds",
+}
 
 
 @dataclass(frozen=True)
 class GamRunConfig:
-    """Everything one run needs; validated by :meth:`validate` before any work."""
+    """Everything one run needs; validated by :meth:`validate` before any work.
+
+    Every training budget is deterministic: r and distillation stop by early stopping on the
+    validation CE (patience 8, best checkpoint restored) or ``*_max_epochs``; DPG and PG run
+    ``dpg_steps`` / ``pg_steps`` steps. The ``*_max_seconds`` settings are optional wall-clock
+    safety limits, off (None) by default; a run where one fires is reported in the summary's
+    ``stopped_by_time`` (its result then depends on the machine's load, not only on the seed).
+    ``torch_threads`` pins torch's thread count while the driver trains r (float reductions may
+    depend on the thread count; the Dask tasks always use one thread); None leaves it alone.
+    """
 
     motif: str = "10001010001"
     features: str = "1001111"
@@ -41,7 +57,7 @@ class GamRunConfig:
     data_available: int = 20000
     test_size: int = 5000
     r_max_epochs: int = 1000
-    r_max_seconds: float = 420.0
+    r_max_seconds: float | None = None
     pool_size: int = 40000
     lambda_estimator: str = "snis"
     lambda_max_iter: int = 1000
@@ -51,8 +67,8 @@ class GamRunConfig:
     log_beta: float | None = None
     distill_max_epochs: int = 400
     distill_init: str = "r"
-    distill_max_seconds: float = 420.0
-    dpg_steps: int = 1500
+    distill_max_seconds: float | None = None
+    dpg_steps: int = 400
     dpg_batch: int = 5000
     dpg_grad_batch: int | None = 100
     dpg_heavy_batch: int | None = 200
@@ -60,9 +76,10 @@ class GamRunConfig:
     dpg_lr: float = 1e-3
     dpg_mode: str = "off"
     dpg_q_update: str = "ce"
-    dpg_max_seconds: float = 360.0
-    pg_steps: int = 300
-    pg_max_seconds: float = 120.0
+    dpg_max_seconds: float | None = None
+    pg_steps: int = 20
+    pg_max_seconds: float | None = None
+    torch_threads: int | None = 1
     free_samples: int = 2000
     n_shards: int = 8
     extra: dict[str, Any] = field(default_factory=dict)
@@ -78,6 +95,9 @@ class GamRunConfig:
             d["methods"] = tuple(m.strip() for m in d["methods"].split(",") if m.strip())
         elif "methods" in d:
             d["methods"] = tuple(d["methods"])
+        for key in TIME_LIMITS.values():
+            if isinstance(d.get(key), str) and d[key].strip().lower() in ("none", "off", ""):
+                d[key] = None
         return cls(**d)
 
     @property
@@ -100,6 +120,12 @@ class GamRunConfig:
                      "dpg_batch", "pg_steps", "free_samples", "n_shards", "test_size"):
             if int(getattr(self, name)) < 1:
                 raise InputError(f"{name} must be positive")
+        for key in TIME_LIMITS.values():
+            value = getattr(self, key)
+            if value is not None and (isinstance(value, str) or not float(value) > 0):
+                raise InputError(f"{key} must be a positive number of seconds or none")
+        if self.torch_threads is not None and int(self.torch_threads) < 1:
+            raise InputError("torch_threads must be positive or none")
         if self.model_max_len < self.n:
             raise InputError(f"max_len ({self.model_max_len}) must be at least n ({self.n})")
         available = self.data_available
@@ -158,7 +184,26 @@ def _method_task(
     data: dict[str, tuple[np.ndarray, np.ndarray]],
     distill_samples: tuple[np.ndarray, np.ndarray] | None,
 ) -> dict[str, Any]:
-    """Train one policy and evaluate it (runs in a Dask task or in-process)."""
+    """Train one policy and evaluate it (runs in a Dask task or in-process).
+
+    Holds :data:`~mlr_dask.sequence.models.TORCH_RNG_LOCK` (torch's global generator feeds
+    dropout), so methods sharing a process run one after the other and stay reproducible.
+    """
+    from mlr_dask.sequence.models import TORCH_RNG_LOCK
+
+    with TORCH_RNG_LOCK:
+        return _method_task_locked(method, cfg, r, lam, log_z, data, distill_samples)
+
+
+def _method_task_locked(
+    method: str,
+    cfg: GamRunConfig,
+    r: Any,
+    lam: np.ndarray,
+    log_z: float,
+    data: dict[str, tuple[np.ndarray, np.ndarray]],
+    distill_samples: tuple[np.ndarray, np.ndarray] | None,
+) -> dict[str, Any]:
     import torch
 
     from mlr_dask.sequence import policy
@@ -206,9 +251,13 @@ def _method_task(
 
 
 def _method_task_packed(method: str, args: tuple) -> dict[str, Any]:
+    from mlr_dask.sequence.models import TORCH_RNG_LOCK
     from mlr_dask.sequence.sampling import materialize
 
-    return _method_task(method, *(materialize(a) for a in args))
+    # building the models draws their initial weights from torch's global generator: keep it
+    # out of another method's training in this process
+    with TORCH_RNG_LOCK:
+        return _method_task(method, *(materialize(a) for a in args))
 
 
 class _Stages:
@@ -257,6 +306,7 @@ def run_gam(
     from mlr_dask.sequence import gam
     from mlr_dask.sequence.base import cross_entropy, pad_bits
     from mlr_dask.sequence.models import (
+        TORCH_RNG_LOCK,
         LSTMConfig,
         LSTMModel,
         TrainConfig,
@@ -283,12 +333,21 @@ def run_gam(
     st.stop()
 
     st.start("train_r")
-    r = build_model(mcfg, cfg.seed)
-    hist_r = fit_mle(r, data["train"], data["valid"],
-                     TrainConfig(max_epochs=cfg.r_max_epochs, max_seconds=cfg.r_max_seconds),
-                     seed=cfg.seed)
+    with TORCH_RNG_LOCK:
+        threads_before = torch.get_num_threads()
+        if cfg.torch_threads is not None:
+            torch.set_num_threads(int(cfg.torch_threads))
+        try:
+            r = build_model(mcfg, cfg.seed)
+            hist_r = fit_mle(r, data["train"], data["valid"],
+                             TrainConfig(max_epochs=cfg.r_max_epochs,
+                                         max_seconds=cfg.r_max_seconds),
+                             seed=cfg.seed)
+        finally:
+            torch.set_num_threads(threads_before)
     st.stop()
-    say(f"r: {hist_r['epochs']} epochs, valid CE {hist_r['best_valid_ce']:.4f}")
+    say(f"r: {hist_r['epochs']} epochs ({hist_r['stopped_by']}), "
+        f"valid CE {hist_r['best_valid_ce']:.4f}")
 
     st.start("pool")
     pool = draw_pool(r, features, cfg.pool_size, cfg.seed + 1, cfg.n_shards, client)
@@ -367,6 +426,12 @@ def run_gam(
             save_checkpoint(pi, os.path.join(out_dir, f"pi_{m}.pt"))
 
     H = process.entropy_rate
+    # which stages were stopped by their optional wall-clock limit (all False unless one is set)
+    stopped_by_time = {"train_r": _time_capped(hist_r)}
+    stopped_by_time.update({m: _time_capped(res["history"]) for m, res in results.items()})
+    if any(stopped_by_time.values()):
+        say(f"WARNING: stopped by a wall-clock limit: "
+            f"{[k for k, v in stopped_by_time.items() if v]} (result depends on machine load)")
     summary: dict[str, Any] = {
         "motif": cfg.motif,
         "features": cfg.features,
@@ -399,6 +464,10 @@ def run_gam(
         "motif_freq_pi": {m: res["motif_freq"] for m, res in results.items()},
         "r_epochs": hist_r["epochs"],
         "r_best_epoch": hist_r["best_epoch"],
+        "r_stopped_by": hist_r["stopped_by"],
+        "epochs_used": {"train_r": hist_r["epochs"],
+                        **{m: _budget_used(res["history"]) for m, res in results.items()}},
+        "stopped_by_time": stopped_by_time,
         "method_details": {m: res["history"] for m, res in results.items()},
         "seconds": {**st.seconds, "methods_wall": methods_wall,
                     "total": time.perf_counter() - t_all},
@@ -410,6 +479,16 @@ def run_gam(
             json.dump(_plain(summary), f, indent=1)
         os.replace(tmp, path)
     return summary
+
+
+def _budget_used(hist: dict[str, Any]) -> int | None:
+    """Epochs (distillation) or steps (DPG, PG) a method used."""
+    value = hist.get("epochs", hist.get("steps"))
+    return None if value is None else int(value)
+
+
+def _time_capped(hist: dict[str, Any]) -> bool:
+    return hist.get("stopped_by") == "time" or bool(hist.get("stopped_by_time", False))
 
 
 def _plain(obj: Any) -> Any:

@@ -56,6 +56,9 @@ class PolicyGradientConfig:
     baseline : when to subtract the moving-average baseline ``b pi/q``: "always", "on-policy"
         (only when q = pi; off-policy with q far from p, the draws of small weight carry almost
         no signal and the baseline term mostly adds noise) or "never".
+    max_seconds : optional wall-clock safety limit, checked at evaluations (None = off, the
+        default: the budget is ``steps``, so a run is the same for the same seed on any machine;
+        the history reports ``stopped_by_time`` when it fires).
     """
 
     steps: int = 1000
@@ -70,7 +73,7 @@ class PolicyGradientConfig:
     eval_every: int = 20
     mode: str = "off"
     q_update: str = "ce"
-    max_seconds: float = float("inf")
+    max_seconds: float | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in ("off", "on", "fixed"):
@@ -196,6 +199,7 @@ def train_dpg(
     n_batches = 0
     buf = _QBuffer()
     step = 0
+    stopped_by_time = False
     for step in range(cfg.steps):
         if cfg.mode == "on":
             buf.clear()  # q = pi changes every step
@@ -239,7 +243,8 @@ def train_dpg(
                     q.eval()
                     buf.clear()  # draws of the old q are not draws of the new one
             kl_num = kl_den = 0.0
-            if time.perf_counter() - t0 > cfg.max_seconds:
+            if _out_of_time(cfg, t0):
+                stopped_by_time = True
                 break
     pi.load_state_dict(best_state)
     pi.eval()
@@ -247,6 +252,7 @@ def train_dpg(
         "valid_ce": history,
         "best_valid_ce": best[0],
         "steps": step + 1,
+        "stopped_by_time": stopped_by_time,
         "q_swaps": q_swaps,
         "q_batches": n_batches,
         "mean_relative_ess": ess_sum / max(n_batches, 1),
@@ -283,6 +289,7 @@ def train_pg(
     var = None
     history: list[tuple[int, float]] = []
     step = 0
+    stopped_by_time = False
     for step in range(cfg.steps):
         tokens, lengths, _ = pi.sample(cfg.batch, rng)
         phi = features(tokens, lengths)
@@ -300,10 +307,17 @@ def train_pg(
             history.append((step + 1, ce))
             if callback is not None:
                 callback(step, ce)
-            if time.perf_counter() - t0 > cfg.max_seconds:
+            if _out_of_time(cfg, t0):
+                stopped_by_time = True
                 break
     pi.eval()
-    return {"valid_ce": history, "steps": step + 1, "seconds": time.perf_counter() - t0}
+    return {"valid_ce": history, "steps": step + 1, "stopped_by_time": stopped_by_time,
+            "seconds": time.perf_counter() - t0}
+
+
+def _out_of_time(cfg: PolicyGradientConfig, t0: float) -> bool:
+    """The optional wall-clock safety limit (off when ``max_seconds`` is None)."""
+    return cfg.max_seconds is not None and time.perf_counter() - t0 > cfg.max_seconds
 
 
 def distill(

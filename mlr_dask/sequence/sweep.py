@@ -111,8 +111,11 @@ def run_config(cfg: GamRunConfig) -> dict[str, Any]:
         "seed": cfg.seed, "method": method, "hidden": cfg.hidden, "error": "",
     }
     t0 = time.perf_counter()
+    from mlr_dask.sequence.models import TORCH_RNG_LOCK
+
     try:
-        s = run_gam(cfg, client=None, quiet=True)
+        with TORCH_RNG_LOCK:  # torch's global generator: one run at a time per process
+            s = run_gam(cfg, client=None, quiet=True)
     except Exception as exc:  # a failed configuration is recorded, not fatal to the sweep
         row["error"] = "".join(traceback.format_exception_only(exc)).strip()
         row["seconds_total"] = time.perf_counter() - t0
@@ -138,6 +141,12 @@ def run_config(cfg: GamRunConfig) -> dict[str, Any]:
     })
     for stage, sec in s["seconds"].items():
         row[f"seconds_{stage}"] = sec
+    # budgets used, and whether an optional wall-clock limit cut this configuration short
+    row["r_epochs"] = s["r_epochs"]
+    row["r_stopped_by"] = s["r_stopped_by"]
+    row["budget_used"] = s["epochs_used"].get(method)
+    row["stopped_by_time"] = bool(s["stopped_by_time"].get("train_r", False)
+                                  or s["stopped_by_time"].get(method, False))
     return row
 
 

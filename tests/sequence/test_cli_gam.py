@@ -94,6 +94,57 @@ def test_tiny_run_json(tmp_path, capsys, scheduler):
         "pi_distill.pt", "pi_dpg.pt", "pi_pg.pt", "r.pt", "summary.json"]
 
 
+TINY = [
+    "gam", "run", "--motif", "0110", "--features", "1001111", "--train-size", "60",
+    "--hidden", "8", "--seed", "5", "--methods", "distill,dpg,pg", "--json", "--quiet",
+    "--set", "n=8", "--set", "test_size=200", "--set", "r_max_epochs=60",
+    "--set", "pool_size=2000", "--set", "distill_samples=100",
+    "--set", "distill_max_epochs=3", "--set", "dpg_steps=3", "--set", "dpg_batch=200",
+    "--set", "pg_steps=3", "--set", "free_samples=100", "--set", "n_shards=2",
+]
+
+
+def test_same_seed_same_result(capsys, scheduler):
+    """Budgets are epochs/steps + early stopping, never seconds: two runs with the same seed
+    (r trained to early stopping, methods as parallel Dask tasks) give identical figures."""
+    pytest.importorskip("torch")
+    runs = []
+    for _ in range(2):
+        code, out, _ = _run(TINY + ["--scheduler", scheduler], capsys)
+        assert code == 0
+        runs.append(json.loads(out))
+    a, b = runs
+    assert a["r_stopped_by"] in ("patience", "max_epochs")
+    assert a["stopped_by_time"] == {"train_r": False, "distill": False, "dpg": False,
+                                    "pg": False}
+    assert a["epochs_used"]["dpg"] == 3 and a["epochs_used"]["pg"] == 3
+    for key in ("ce_r", "ce_plambda", "ce_pi", "lambda", "z", "z_stderr", "acceptance_rate",
+                "motif_freq_r", "motif_freq_pi", "r_epochs", "epochs_used"):
+        assert a[key] == b[key], key
+    # a different seed is a different run (the comparison above is not vacuous)
+    code, out, _ = _run(TINY[:TINY.index("--seed") + 1] + ["6"] + TINY[TINY.index("--seed") + 2:]
+                        + ["--scheduler", scheduler], capsys)
+    assert code == 0 and json.loads(out)["ce_r"] != a["ce_r"]
+
+
+def test_time_limit_is_optional_and_reported(capsys):
+    """A wall-clock limit only fires when set, and the summary then says the stage was capped."""
+    pytest.importorskip("torch")
+    argv = TINY[:]
+    argv[argv.index("distill,dpg,pg")] = "dpg"
+    code, out, _ = _run(argv + ["--set", "r_max_seconds=1e-9", "--set", "dpg_max_seconds=none"],
+                        capsys)
+    assert code == 0
+    res = json.loads(out)
+    assert res["stopped_by_time"] == {"train_r": True, "dpg": False}
+    assert res["r_stopped_by"] == "time" and res["r_epochs"] == 1
+
+
+def test_bad_time_limit_exit_2(capsys):
+    code, out, err = _run(["gam", "run", "--set", "r_max_seconds=-1", "--quiet"], capsys)
+    assert code == 2 and "r_max_seconds" in err and out == ""
+
+
 def test_tiny_sweep(tmp_path, capsys, scheduler):
     pytest.importorskip("torch")
     pytest.importorskip("pyarrow")
@@ -108,18 +159,25 @@ def test_tiny_sweep(tmp_path, capsys, scheduler):
     table = pd.read_parquet(res["table"])
     assert len(table) == 2 and set(table["method"]) == {"distill", "dpg"}
     assert (table["seconds_train_r"] > 0).all()
+    assert not table["stopped_by_time"].any() and (table["budget_used"] > 0).all()
     assert os.path.getsize(res["plot"]) > 1000
 
 
 @pytest.mark.slow
 def test_acceptance_run(capsys):
-    """The issue's acceptance run (minutes): the papers' effect on motif 10001010001."""
+    """The issue's acceptance run (about 10 minutes): the papers' effect on motif 10001010001.
+
+    Known to fail at present: with r trained to early stopping (475 epochs, CE(r)/H 1.014) the
+    GAM has little left to add on this motif at |D| = 1000, so "distillation <= 0.9 x CE(r)" and
+    "motif frequency of pi far above r" do not hold (see the issue's closing note).
+    """
     pytest.importorskip("torch")
     argv = ["gam", "run", "--motif", "10001010001", "--features", "1001111", "--train-size",
             "1000", "--hidden", "64", "--seed", "1234", "--json", "--quiet"]
     code, out, _ = _run(argv, capsys)
     assert code == 0
     res = json.loads(out)
+    assert not any(res["stopped_by_time"].values())  # budgets, not the machine, ended training
     ce_pi = res["ce_pi"]
     assert ce_pi["distill"] <= 0.9 * res["ce_r"]
     assert res["ce_plambda"] < res["ce_r"]

@@ -114,3 +114,25 @@ def test_sharded_over_dask_matches_in_process():
     for k in ("tokens", "lengths", "log_r", "phi"):
         np.testing.assert_allclose(local[k], remote[k])
     assert len(rs["lengths"]) == 500 and 0 < rs["acceptance_rate"] <= 1
+
+
+def test_fit_mle_is_deterministic_and_reports_how_it_stopped():
+    """Same seed -> identical training history; no wall-clock limit unless one is asked for."""
+    assert TrainConfig().max_seconds is None
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(0, 7, size=120)
+    tokens = np.full((120, 6), 2, dtype=np.int8)
+    for i, L in enumerate(lengths):
+        tokens[i, :L] = rng.integers(0, 2, size=L)
+    train, valid = (tokens[:80], lengths[:80]), (tokens[80:], lengths[80:])
+    hists = []
+    for _ in range(2):
+        model = build_model(LSTMConfig(hidden=8, max_len=6), seed=2)
+        hists.append(fit_mle(model, train, valid,
+                             TrainConfig(lr=3e-2, batch_size=40, max_epochs=200, patience=3),
+                             seed=4))
+    assert hists[0]["valid_ce"] == hists[1]["valid_ce"]
+    assert hists[0]["stopped_by"] == "patience" and hists[0]["epochs"] < 200
+    model = build_model(LSTMConfig(hidden=8, max_len=6), seed=2)
+    capped = fit_mle(model, train, valid, TrainConfig(max_epochs=50, max_seconds=1e-9), seed=4)
+    assert capped["stopped_by"] == "time" and capped["epochs"] == 1
