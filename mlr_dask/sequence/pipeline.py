@@ -175,16 +175,9 @@ def _load_data(cfg: GamRunConfig, process: MotifProcess) -> dict[str, np.ndarray
     }
 
 
-def _method_task(
-    method: str,
-    cfg: GamRunConfig,
-    r: Any,
-    lam: np.ndarray,
-    log_z: float,
-    data: dict[str, tuple[np.ndarray, np.ndarray]],
-    distill_samples: tuple[np.ndarray, np.ndarray] | None,
-) -> dict[str, Any]:
-    """Train one policy and evaluate it (runs in a Dask task or in-process).
+def _method_task(*args: Any) -> dict[str, Any]:
+    """Train one policy and evaluate it (runs in a Dask task or in-process); the arguments are
+    those of :func:`_method_task_locked`.
 
     Holds :data:`~mlr_dask.sequence.models.TORCH_RNG_LOCK` (torch's global generator feeds
     dropout), so methods sharing a process run one after the other and stay reproducible.
@@ -192,7 +185,7 @@ def _method_task(
     from mlr_dask.sequence.models import TORCH_RNG_LOCK
 
     with TORCH_RNG_LOCK:
-        return _method_task_locked(method, cfg, r, lam, log_z, data, distill_samples)
+        return _method_task_locked(*args)
 
 
 def _method_task_locked(
