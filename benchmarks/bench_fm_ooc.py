@@ -6,8 +6,12 @@ the same data: the log-likelihoods must agree.
 A worker process's baseline (Python, numpy, dask, numba imported) is larger than such a limit
 at this n, so the nanny's pause / terminate thresholds cannot be applied literally: they are
 switched off and instead the peak resident memory of each worker above its baseline is
-measured (a sampling thread in each worker, started after the library is imported) and
-printed next to the limit.
+measured (a sampling thread in each worker) and printed next to the limit. The baseline is
+taken after the fixed costs that do not depend on the data: the library imported and one
+element of the store read (zarr imports its codecs on the first read, about 3 MiB). Dask's
+statistical profiler is switched off in the workers: it caches the source lines of every
+sampled frame (6-8 MiB per worker over a few iterations), memory a tightly limited worker
+should not spend.
 """
 
 from __future__ import annotations
@@ -22,14 +26,16 @@ from pathlib import Path
 import numpy as np
 
 
-def _start_sampler() -> int:
+def _start_sampler(path: str) -> int:
     import gc
 
     import psutil
+    import zarr
 
     import mlr_dask.fm.dask  # noqa: F401  (the code the tasks run: imported before the baseline)
     import mlr_dask.fm.model  # noqa: F401
 
+    zarr.open_group(path, mode="r")["Y"][:1, :1]  # zarr's codecs are imported on first read
     gc.collect()
 
     proc = psutil.Process()
@@ -79,11 +85,12 @@ def run(n: int = 100_000, iters: int = 5, chunk_size: int = 3125, workers: int =
                "distributed.worker.memory.spill": False,
                "distributed.worker.memory.pause": False,
                "distributed.worker.memory.terminate": False,
+               "distributed.worker.profile.enabled": False,
                # big arrays always mmapped: freed memory goes back to the OS at once
                "distributed.nanny.pre-spawn-environ.MALLOC_MMAP_THRESHOLD_": 131072}
         with dask.config.set(cfg), connect(n_workers=workers, memory_limit=int(limit),
                                            quiet=True) as client:
-            client.run(_start_sampler)
+            client.run(_start_sampler, str(path))
             t0 = time.perf_counter()
             m = MultilevelFactorModel(None, [30, 20, 10, 5, 4], max_iter=iters, tol=0.0,
                                       chunk_size=chunk_size).fit(str(path))
