@@ -60,7 +60,8 @@ def _matrix(kind: str, n: int, rank: int) -> tuple[np.ndarray, float | None]:
     return A, noise
 
 
-def _quality(kind: str, n: int, rank: int, max_iter: int, tol: float) -> dict[str, object]:
+def _quality(kind: str, n: int, rank: int, max_iter: int, tol: float,
+             init: str | None = None) -> dict[str, object]:
     from mlr_dask.fit import fit_mlr, lowrank_plus_diagonal
     from mlr_dask.fit.baselines import truncated_svd
 
@@ -68,7 +69,8 @@ def _quality(kind: str, n: int, rank: int, max_iter: int, tol: float) -> dict[st
     m, nn = A.shape
     nrm = float(np.linalg.norm(A))
     t0 = time.perf_counter()
-    M = fit_mlr(A, rank, max_iter=max_iter, tol=tol)
+    kw = {} if init is None else {"init": init}
+    M = fit_mlr(A, rank, max_iter=max_iter, tol=tol, **kw)
     total = time.perf_counter() - t0
     err = float(np.linalg.norm(A - M.to_dense()) / nrm)
     t0 = time.perf_counter()
@@ -80,7 +82,8 @@ def _quality(kind: str, n: int, rank: int, max_iter: int, tol: float) -> dict[st
     lrd = float(np.linalg.norm(A - D.to_dense()) / nrm)
     t_lrd = time.perf_counter() - t0
     out: dict[str, object] = {
-        "kind": kind, "shape": [m, nn], "rank": rank, "storage": M.storage,
+        "kind": kind, "shape": [m, nn], "rank": rank, "init": init or "default",
+        "storage": M.storage,
         "mlr_rel_error": err, "lr_rel_error": lr, "lrd_rel_error": lrd,
         "mlr_over_lr": err / lr, "ranks": list(M.ranks), "epochs": len(M.history_["rel_error"]) - 1,
         "rank_moves": len(M.history_["rank_moves"]), "final_fit": M.history_["method"],
@@ -100,6 +103,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rank", type=int, default=28)
     p.add_argument("--max-iter", type=int, default=100, help="epochs of the final fit")
     p.add_argument("--tol", type=float, default=1e-3, help="stopping rule of the final fit")
+    p.add_argument("--init", default=None,
+                   help="starting allocation of the learned hierarchy, comma-separated for "
+                        "several (default: the fit_mlr default)")
     p.add_argument("--epoch-n", type=int, default=2000)
     p.add_argument("--epoch-levels", type=int, default=12)
     p.add_argument("--epoch-rank", type=int, default=30)
@@ -113,14 +119,20 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"A @ (n x r) product", flush=True)
     if args.skip_quality:
         return 0
+    inits = [None] if args.init is None else [x.strip() for x in args.init.split(",")]
     for kind in args.kinds.split(","):
         for n in (int(x) for x in args.n.split(",")):
-            res = _quality(kind.strip(), n, args.rank, args.max_iter, args.tol)
-            print(json.dumps({"bench": "fit_quality", **res}), flush=True)
-            print(f"{kind} {res['shape']} r={args.rank}: MLR {res['mlr_rel_error']:.4f}  "
-                  f"LR {res['lr_rel_error']:.4f}  LR+D {res['lrd_rel_error']:.4f}  "
-                  f"(MLR/LR {res['mlr_over_lr']:.3f}); stages {res['seconds']}", flush=True)
+            for init in inits:
+                _report(_quality(kind.strip(), n, args.rank, args.max_iter, args.tol, init),
+                        kind, args.rank)
     return 0
+
+
+def _report(res: dict[str, object], kind: str, rank: int) -> None:
+    print(json.dumps({"bench": "fit_quality", **res}), flush=True)
+    print(f"{kind} {res['shape']} r={rank} init={res['init']}: MLR {res['mlr_rel_error']:.4f}  "
+          f"LR {res['lr_rel_error']:.4f}  LR+D {res['lrd_rel_error']:.4f}  "
+          f"(MLR/LR {res['mlr_over_lr']:.3f}); stages {res['seconds']}", flush=True)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from mlr_dask.errors import InputError
+from mlr_dask.fit.api import DEFAULT_INIT, INITS
 
 GEN_HELP = {
     "dgt": "discrete Gauss transform exp(-k^2 ||t_i - s_j||^2), points in [0,1]^3",
@@ -42,6 +43,10 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
                    help="number of levels (default: bisection to 1-2 items, then atoms)")
     p.add_argument("--partition", choices=["spectral", "given", "dyadic"], default="spectral",
                    help="learn the hierarchy, use the store's, or bisect in stored order")
+    p.add_argument("--init", choices=list(INITS), default=DEFAULT_INIT,
+                   help="starting rank allocation of a learned hierarchy (best: the better "
+                        "fit of bottom and uniform; bottom: partition A o A with rank only on "
+                        "the atoms, then grow the ranks greedily)")
     p.add_argument("--no-rank-alloc", action="store_true", help="keep the starting ranks")
     p.add_argument("--method", choices=["auto", "bcd", "als"], default="auto",
                    help="final fit: ALS when affordable and not --psd (auto), BCD, or ALS")
@@ -164,7 +169,8 @@ def run_fit(args: argparse.Namespace) -> dict[str, Any]:
     with ctx as client:
         try:
             M = fit_mlr(args.matrix, args.rank, levels=args.levels, partition=args.partition,
-                        allocate_ranks=not args.no_rank_alloc, method=args.method,
+                        init=args.init, allocate_ranks=not args.no_rank_alloc,
+                        method=args.method,
                         symmetric=args.symmetric, psd=args.psd, max_iter=args.max_iter,
                         tol=args.tol, seed=args.seed, backend="dask" if use_dask else
                         args.backend, client=client, chunk_items=args.chunk_items,
@@ -201,6 +207,8 @@ def run_fit(args: argparse.Namespace) -> dict[str, Any]:
         "blocks": list(M.rows.n_blocks),
         "epochs": len(h["rel_error"]) - 1,
         "rank_moves": len(h.get("rank_moves", [])),
+        "init": h.get("init"),
+        "starts": h.get("starts"),
         "seconds": seconds,
     }
     if out is not None:

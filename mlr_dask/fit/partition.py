@@ -247,8 +247,9 @@ def spectral_partition(
     """Learn row and column hierarchies of ``n_levels`` levels for ``Ap`` (m, n) (original
     order; not modified).
 
-    ``ranks`` (n_levels,): the ranks used for the intermediate fits; ``epochs``: BCD epochs of
-    the coarser levels before each split. With ``atoms`` the last
+    ``ranks`` (n_levels,): the ranks used for the intermediate fits (while the coarser levels
+    all have rank 0 nothing is fitted: the blocks of ``Ap o Ap`` are split); ``epochs``: BCD
+    epochs of the coarser levels before each split. With ``atoms`` the last
     level splits every block into single items (of the shorter side); otherwise it is one more
     spectral split. Returns ``(rows, cols, state)``: the state holds the residual and factors of
     a fit of all levels but the last (the last level's factors are zero), ready to warm-start.
@@ -270,23 +271,28 @@ def spectral_partition(
     B: list[np.ndarray] | None = None
     C: list[np.ndarray] | None = None
     n_split = n_levels - 1 - (1 if atoms else 0)
-    st: BCDState | None = None
+    st: BCDState | None
     for lvl in range(1, n_split + 1):
         rk = _cap(ranks[:lvl], rb, cb)
         if B is not None:
             B = _resize(B, rk, m)
             C = B if psd else _resize(C, rk, n)
-        st = init_state(A, rb, cb, rk, psd=psd, B=B, C=C, exact_max=exact_max, seed=seed)
-        sweep(st, range(lvl) if B is None else epoch_order(lvl))
-        for _ in range(epochs - 1):
-            sweep(st, epoch_order(lvl))
+        if any(rk):
+            st = init_state(A, rb, cb, rk, psd=psd, B=B, C=C, exact_max=exact_max, seed=seed)
+            sweep(st, range(lvl) if B is None else epoch_order(lvl))
+            for _ in range(epochs - 1):
+                sweep(st, epoch_order(lvl))
+            R = st.R
+        else:  # nothing to fit yet: the residual is the matrix itself
+            st = None
+            R = A
         ordr = np.empty(m, dtype=np.int64)
         ordc = np.empty(n, dtype=np.int64)
         new_rb, new_cb = [0], [0]
         prev_r, prev_c = rb[-1], cb[-1]
         for k in range(prev_r.size - 1):
             r0, r1, c0, c1 = prev_r[k], prev_r[k + 1], prev_c[k], prev_c[k + 1]
-            o_r, cr, o_c, cc = split_block(st.R[r0:r1, c0:c1], symmetric=symmetric,
+            o_r, cr, o_c, cc = split_block(R[r0:r1, c0:c1], symmetric=symmetric,
                                            balanced=balanced, refine=refine,
                                            method=method, power=power, rng=rng,
                                            min_size=2 ** (n_split - lvl))
@@ -296,8 +302,10 @@ def spectral_partition(
             new_cb += [c0 + cc, c1]
         A = A[ordr][:, ordc]
         pr, pc = pr[ordr], pc[ordc]
-        B = [b[ordr] for b in st.B]
-        C = B if psd else [c[ordc] for c in st.C]
+        if st is not None:
+            B = [b[ordr] for b in st.B]
+            C = B if psd else [c[ordc] for c in st.C]
+        del R, st
         rb = rb + [np.asarray(new_rb)]
         cb = cb + [np.asarray(new_cb)]
         if callback:

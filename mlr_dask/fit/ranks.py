@@ -10,6 +10,11 @@ drops it) is accepted; the move just made is not undone at the next step. The tr
 step are independent and run in parallel threads (numpy, LAPACK and the numba kernels release
 the GIL). Stops when no trial improves, the relative improvement is below ``eps``, or after
 ``max_steps`` moves.
+
+:func:`grow_ranks` builds an allocation up to a total rank from a smaller one (``fit_mlr``
+``init="bottom"`` starts from the atoms only): one rank at a time to the level whose trial
+(added column + a short warm-started BCD) ends with the lowest loss among the levels of largest
+``delta_plus``.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import numpy as np
 
 from mlr_dask.fit.bcd import BCDState, add_lowrank, epoch_order, sweep
 
-__all__ = ["rank_caps", "move_rank", "allocate_ranks"]
+__all__ = ["rank_caps", "move_rank", "allocate_ranks", "grow_ranks"]
 
 
 def rank_caps(rb: Sequence[np.ndarray], cb: Sequence[np.ndarray]) -> list[int]:
@@ -38,15 +43,18 @@ def _level_rank1(st: BCDState, lvl: int, b: np.ndarray, c: np.ndarray, alpha: fl
                     c[cb[k]:cb[k + 1], None], alpha)
 
 
-def move_rank(st: BCDState, src: int, dst: int) -> None:
+def move_rank(st: BCDState, src: int | None, dst: int) -> None:
     """Move one rank from level ``src`` to level ``dst`` in place: drop the last (weakest)
     column of ``src`` and add the stored next singular pair of ``dst``; the residual and the
-    loss are updated (exactly, one pass over the residual)."""
-    b, c = st.B[src][:, -1].copy(), st.C[src][:, -1].copy()
-    _level_rank1(st, src, b, c, 1.0)
-    st.B[src] = np.ascontiguousarray(st.B[src][:, :-1])
-    if not st.psd:
-        st.C[src] = np.ascontiguousarray(st.C[src][:, :-1])
+    loss are updated (exactly, one pass over the residual). ``src=None`` adds a rank to
+    ``dst`` (the total rank grows by one)."""
+    if src is not None:
+        b, c = st.B[src][:, -1].copy(), st.C[src][:, -1].copy()
+        _level_rank1(st, src, b, c, 1.0)
+        st.B[src] = np.ascontiguousarray(st.B[src][:, :-1])
+        if not st.psd:
+            st.C[src] = np.ascontiguousarray(st.C[src][:, :-1])
+        st.ranks[src] -= 1
     nb, nc = st.next_B[dst], (st.next_B[dst] if st.psd else st.next_C[dst])
     _level_rank1(st, dst, nb, nc, -1.0)
     st.B[dst] = np.hstack([st.B[dst], nb[:, None]])
@@ -54,7 +62,6 @@ def move_rank(st: BCDState, src: int, dst: int) -> None:
         st.C = st.B
     else:
         st.C[dst] = np.hstack([st.C[dst], nc[:, None]])
-    st.ranks[src] -= 1
     st.ranks[dst] += 1
     st.exact_loss()
 
@@ -151,3 +158,62 @@ def allocate_ranks(
             if improvement < eps:
                 break
     return st_ref[0], moves
+
+
+def grow_ranks(
+    st: BCDState,
+    total: int,
+    *,
+    n_trials: int = 3,
+    trial_epochs: int = 1,
+    n_jobs: int = 2,
+    callback: Callable[[dict[str, Any]], None] | None = None,
+) -> tuple[BCDState, list[dict[str, Any]]]:
+    """Greedy growth of the rank allocation up to ``total``: one rank at a time to the level
+    with the largest predicted gain ``delta_plus`` (side outputs of the last sweep over all
+    levels, levels of rank 0 included), among the levels below their cap; each step tries the
+    ``n_trials`` best levels, each on a copy with ``trial_epochs`` warm-started BCD epochs,
+    and keeps the trial with the lowest loss (every trial lowers the loss: the added column is
+    the next singular pair and BCD is monotone). Learned pipeline, r = 28: 3 trials gave
+    final errors 0.053 (radial n = 2000) and 0.171 (DGT 2000 x 2800) against 0.058 and 0.178
+    with 1 trial; 6 trials or 2 epochs per trial did not do better. Returns the final state
+    and the steps
+    ``{"step", "src": None, "dst", "rel_error", "ranks"}``.
+
+    Memory: each running trial holds a copy of the residual (m n numbers).
+    """
+    L = len(st.ranks)
+    caps = rank_caps(st.rb, st.cb)
+    order = epoch_order(L)
+    steps: list[dict[str, Any]] = []
+
+    def trial(dst: int) -> BCDState:
+        t = st_ref[0].copy() if n_trials > 1 else st_ref[0]
+        move_rank(t, None, dst)
+        for _ in range(trial_epochs):
+            sweep(t, order)
+        t.exact_loss()
+        return t
+
+    st_ref = [st]
+    n_jobs = max(1, min(n_jobs, n_trials))
+    with _blas_single_thread(n_jobs > 1), ThreadPoolExecutor(max_workers=n_jobs) as pool:
+        step = 0
+        while sum(st_ref[0].ranks) < total:
+            cur = st_ref[0]
+            cand = sorted((-float(cur.delta_plus[i]), i) for i in range(L)
+                          if cur.ranks[i] < caps[i])
+            if not cand:
+                break
+            dsts = [i for _, i in cand[:n_trials]]
+            results = list(pool.map(trial, dsts)) if n_jobs > 1 else [trial(d) for d in dsts]
+            best = min(range(len(dsts)), key=lambda q: results[q].loss)
+            t = results[best]
+            st_ref[0] = t
+            info = {"step": step, "src": None, "dst": dsts[best], "rel_error": t.rel_error,
+                    "ranks": list(t.ranks)}
+            steps.append(info)
+            if callback:
+                callback(info)
+            step += 1
+    return st_ref[0], steps

@@ -47,6 +47,16 @@ def test_fit_mlr_cli_json_model_and_plots(tmp_path, radial_store, capsys):
     assert (plots / "rank_allocation.png").stat().st_size > 0
 
 
+@pytest.mark.parametrize("init", ["bottom", "spread"])
+def test_fit_mlr_cli_init(radial_store, capsys, init):
+    rc = main(["fit-mlr", str(radial_store), "--rank", "8", "--levels", "5", "--json",
+               "--quiet", "--max-iter", "10", "--init", init])
+    assert rc == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["init"] == init and sum(res["ranks"]) == 8 and res["storage"] == (80 + 96) * 8
+    assert res["rel_error"] < res["lowrank_rel_error"]
+
+
 @pytest.mark.parametrize(
     "extra, match",
     [
@@ -55,6 +65,7 @@ def test_fit_mlr_cli_json_model_and_plots(tmp_path, radial_store, capsys):
         (["--rank", "4", "--partition", "given"], "stored hierarch"),
         (["--rank", "0"], "positive"),
         (["--rank", "4", "--levels", "12"], "levels need"),
+        (["--rank", "4", "--init", "middle"], "invalid choice"),
     ],
 )
 def test_fit_mlr_cli_bad_input_exit_2_no_output(tmp_path, radial_store, capsys, extra, match):

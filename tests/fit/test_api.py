@@ -31,6 +31,7 @@ def no_work(monkeypatch):
         (np.ones((8, 8)), {"rank": 2, "partition": "given"}, "given"),
         (np.ones((8,)), {"rank": 1}, "2-D"),
         (np.ones((8, 8)), {"rank": 2, "levels": 7}, "levels need"),
+        (np.ones((8, 8)), {"rank": 2, "init": "middle"}, "init"),
     ],
 )
 def test_bad_input_raises_before_work(no_work, A, kwargs, match):
@@ -121,3 +122,37 @@ def test_fit_mlr_auto_method_choice():
     S = A[:80, :80] @ A[:80, :80].T
     P = fit_mlr(S, 6, psd=True, levels=3, max_iter=5)
     assert P.history_["method"] == "bcd"
+
+
+def test_start_ranks():
+    caps = [64, 32, 16, 1]
+    assert api.start_ranks("bottom", 10, 4, caps) == [0, 0, 0, 1]
+    assert api.start_ranks("top", 10, 4, caps) == [10, 0, 0, 0]
+    for init in set(api.INITS) - {"best"}:
+        rk = api.start_ranks(init, 10, 4, caps)
+        assert len(rk) == 4 and all(0 <= r <= c for r, c in zip(rk, caps, strict=True))
+        assert init == "bottom" or sum(rk) == 10
+    assert api.start_ranks("bottom", 10, 1, [64]) == [10]
+
+
+@pytest.mark.parametrize("init", api.INITS)
+def test_fit_mlr_init_equal_storage_and_never_worse_than_its_start(init):
+    from mlr_dask.datasets.matrices import radial_kernel
+
+    A = radial_kernel(120, 100, seed=1)
+    M = fit_mlr(A, 8, levels=5, init=init, max_iter=30)
+    h = M.history_
+    assert sum(M.ranks) == 8 and M.storage == (120 + 100) * 8
+    err = np.linalg.norm(A - M.to_dense()) / np.linalg.norm(A)
+    assert abs(err - h["rel_error"][-1]) < 1e-10
+    start = h["partition"][-1]  # the start of the rank exchange (after growth for "bottom")
+    assert err <= start + 1e-12
+    errs = [start] + [mv["rel_error"] for mv in h["rank_moves"] if mv["src"] is not None]
+    assert np.all(np.diff(errs) < 0)
+    if init == "best":
+        assert set(h["starts"]) == set(api.BEST_INITS) and h["init"] in api.BEST_INITS
+        assert abs(min(h["starts"].values()) - err) < 1e-10
+    if h["init"] == "bottom":
+        grown = [mv for mv in h["rank_moves"] if mv["src"] is None]
+        assert len(grown) == 7 and grown[-1]["ranks"][-1] <= 1
+        assert np.all(np.diff([mv["rel_error"] for mv in grown]) < 0)

@@ -2,7 +2,7 @@ import numpy as np
 
 from mlr_dask.datasets.mlr import mlr_plus_noise
 from mlr_dask.fit.bcd import init_state, run_bcd
-from mlr_dask.fit.ranks import allocate_ranks, move_rank, rank_caps
+from mlr_dask.fit.ranks import allocate_ranks, grow_ranks, move_rank, rank_caps
 
 
 def _state(ranks, seed=0):
@@ -55,3 +55,25 @@ def test_move_rank_keeps_residual_consistent():
                 st.B[lvl][rb[k]:rb[k + 1]] @ st.C[lvl][cb[k]:cb[k + 1]].T)
     st2 = init_state(Ap, st.rb, st.cb, st.ranks, B=st.B, C=st.C)
     np.testing.assert_allclose(st2.R, st.R, atol=1e-10)
+
+
+def test_move_rank_from_pool_adds_a_rank():
+    st = _state([3, 3, 3, 0])
+    before = st.loss
+    move_rank(st, None, 1)
+    assert st.ranks == [3, 4, 3, 0] and st.B[1].shape[1] == 4 and st.C[1].shape[1] == 4
+    assert st.loss < before
+
+
+def test_growth_reaches_total_with_decreasing_loss():
+    st = _state([0, 0, 0, 1])
+    start = st.loss
+    caps = rank_caps(st.rb, st.cb)
+    for n_trials in (1, 3):
+        out, steps = grow_ranks(st.copy(), 12, n_trials=n_trials, n_jobs=2)
+        assert sum(out.ranks) == 12 and len(steps) == 11
+        assert all(0 <= r <= c for r, c in zip(out.ranks, caps, strict=True))
+        errs = [st.rel_error] + [s["rel_error"] for s in steps]
+        assert np.all(np.diff(errs) < 0) and out.loss < start
+        assert all(s["src"] is None for s in steps)
+        assert [b.shape[1] for b in out.B] == out.ranks == steps[-1]["ranks"]
