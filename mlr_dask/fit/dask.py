@@ -3,20 +3,35 @@ Dask array, or a matvec-only operator) with a fixed hierarchy, without loading i
 
 Layout: the rows and columns are split into chunks made of whole blocks of the *chunk level*
 ``c`` (the coarsest level whose blocks all fit in ``chunk_items``); chunks never cross a block
-boundary of level ``c - 1``, so every chunk lies inside one block of each coarse level.
+boundary of level ``c - 1``, so every chunk lies inside one block of each coarse level (when
+even the finest blocks exceed ``chunk_items``, ``c = L`` and the finest blocks are cut).
 
 - Fine levels ``c .. L-1`` live inside the diagonal chunks: one task per diagonal chunk reads its
   chunk of A, subtracts the coarse levels (low rank there) and runs the BCD sweep of the fine
   levels on that chunk (plain numpy / numba code, :mod:`mlr_dask.fit.bcd`).
 - Coarse levels ``0 .. c-1`` are fitted by randomized SVDs of their blocks through products
-  ``A X`` and ``A^T Y`` with block-structured test matrices (blockwise Dask products reduced to
-  the driver), minus the other levels applied in factored form. A level fit reads A
-  ``2 (q + 1)`` times (first fit, ``q`` power iterations) or twice (warm started: the old factors
-  join the test matrix and the range, which also keeps the fit monotone).
-- The loss is computed once per epoch by one pass over the chunks of A.
+  ``A_t X_t`` and ``A_t^T Y_t`` with the diagonal blocks ``A_t`` of the level only (a level
+  with ``p`` blocks reads ``1/p`` of A), minus the other levels applied in factored form. A
+  level fit takes ``2 (q + 1)`` such products (first fit, ``q`` power iterations) or two
+  (warm started: the old factors join the test matrix and the range, which also keeps the fit
+  monotone).
+- The loss (and, on the first pass, ``||A||_F^2``) is computed once per epoch by one pass over
+  the chunks of A.
 
-Memory per task: a few chunks (``chunk_items^2`` numbers each); on the driver: the factors
-(``(m + n) r``) and the products (``m x p_l w`` for a coarse level with ``p_l`` blocks).
+``history_["passes_over_A"]`` counts the chunks read, in units of the whole matrix.
+
+Engines: the numpy engine runs the tasks in-process on a matrix in memory (the reference); the
+Dask engine runs the same tasks on a Dask array, one task per chunk (the chunk a dependency),
+partial sums reduced by a tree; the zarr engine (a :class:`~mlr_dask.fit.api.MatrixStore`)
+lets each task read its chunks itself, one at a time, a whole chunk row (column) of a block
+per product or loss task, each stored chunk decoded once per task even when the stored chunks
+do not line up with the layout's. No chunk is ever kept in a worker for another task, and
+the results are small (products ``chunk x w``, factors): nothing is worth spilling. A pass
+over a store costs its decoding (zstd and copies, a few hundred MB/s per core), which is what
+makes the out-of-core fit slower than the same tasks in memory.
+
+Memory per task: one or two chunks (``chunk_items^2`` numbers each) plus a stored chunk being
+decoded; on the driver: the factors (``(m + n) r``) and the products (``m x w`` per level).
 """
 
 from __future__ import annotations
@@ -40,15 +55,28 @@ OVERSAMPLE = 8
 
 def chunk_layout(rows: Hierarchy, cols: Hierarchy, chunk_items: int) -> tuple[int, np.ndarray,
                                                                                np.ndarray]:
-    """``(c, row_chunks, col_chunks)``: the chunk level and the chunk boundaries (K + 1,)."""
+    """``(c, row_chunks, col_chunks)``: the chunk level and the chunk boundaries (K + 1,).
+
+    Row chunk ``k`` and column chunk ``k`` lie in the same block of every level ``< c``. When
+    even the finest blocks are larger than ``chunk_items`` (``c = L``: all levels are coarse),
+    each finest block is cut into equal pieces along both axes (the same number of pieces, at
+    most its smaller side), so that no task reads more than about a chunk at a time."""
     L = rows.n_levels
     c = L
     for lvl in range(L):
         if max(rows.block_sizes(lvl).max(), cols.block_sizes(lvl).max()) <= chunk_items:
             c = lvl
             break
-    if c == L:  # even the finest blocks are larger than a chunk: all levels are coarse
-        return L, rows.boundaries[-1].copy(), cols.boundaries[-1].copy()
+    if c == L:
+        rb, cb = rows.boundaries[-1], cols.boundaries[-1]
+        r_cuts, c_cuts = [np.zeros(1, dtype=np.int64)], [np.zeros(1, dtype=np.int64)]
+        for k in range(rb.size - 1):
+            a, b = int(rb[k + 1] - rb[k]), int(cb[k + 1] - cb[k])
+            s = max(1, min(-(-max(a, b) // chunk_items), a, b))
+            steps = np.arange(1, s + 1, dtype=np.int64)
+            r_cuts.append(rb[k] + steps * a // s)
+            c_cuts.append(cb[k] + steps * b // s)
+        return L, np.concatenate(r_cuts), np.concatenate(c_cuts)
     rb, cb = rows.boundaries[c], cols.boundaries[c]
     parent_r = set(rows.boundaries[c - 1].tolist()) if c > 0 else {0, rows.n}
     r_out, c_out = [0], [0]
@@ -72,8 +100,142 @@ def _local_bounds(bounds: Sequence[np.ndarray], lo: int, hi: int) -> list[np.nda
     return out
 
 
+class ZarrChunk:
+    """One chunk of a zarr array, read inside the task that needs it (so no task holds a chunk
+    for another one). ``rows`` / ``cols``: a ``slice`` or the stored indices in hierarchy order.
+    Small to pickle: the zarr array object and two slices (or index arrays)."""
+
+    __slots__ = ("array", "cols", "rows")
+
+    def __init__(self, array: Any, rows: slice | np.ndarray, cols: slice | np.ndarray) -> None:
+        self.array, self.rows, self.cols = array, rows, cols
+
+    def __getstate__(self) -> tuple[Any, Any, Any]:
+        return self.array, self.rows, self.cols
+
+    def __setstate__(self, state: tuple[Any, Any, Any]) -> None:
+        self.array, self.rows, self.cols = state
+
+    def read(self) -> np.ndarray:
+        """The chunk (rows, cols) as a new float64 array."""
+        if isinstance(self.rows, slice) and isinstance(self.cols, slice):
+            A = self.array[self.rows, self.cols]
+        else:
+            A = self.array.oindex[self.rows, self.cols]
+        return np.asarray(A, dtype=np.float64)
+
+
+def _chunk_array(src: Any, writable: bool) -> np.ndarray:
+    """The chunk behind ``src`` (a :class:`ZarrChunk` or an array); a private copy when
+    ``writable`` and ``src`` may be shared."""
+    if isinstance(src, ZarrChunk):
+        return src.read()  # a fresh array: ours to modify
+    if writable:
+        return np.array(src, dtype=np.float64, order="C")
+    return np.asarray(src, dtype=np.float64)
+
+
+class ZarrStrip:
+    """Consecutive chunks of one strip of a zarr array (same rows, consecutive column ranges
+    for ``axis=0``; same columns, consecutive row ranges for ``axis=1``), read window by window
+    along the strip so that each stored chunk is decoded once even when the layout's chunks do
+    not line up with the stored ones. Holds one stored window and one chunk at a time."""
+
+    __slots__ = ("array", "axis", "own", "spans")
+
+    def __init__(self, array: Any, own: slice | np.ndarray, spans: list[tuple[int, int]],
+                 axis: int) -> None:
+        self.array, self.own, self.spans, self.axis = array, own, spans, axis
+
+    def __getstate__(self) -> tuple[Any, Any, Any, Any]:
+        return self.array, self.own, self.spans, self.axis
+
+    def __setstate__(self, state: tuple[Any, Any, Any, Any]) -> None:
+        self.array, self.own, self.spans, self.axis = state
+
+    def _read(self, lo: int, hi: int) -> np.ndarray:
+        sel = (self.own, slice(lo, hi)) if self.axis == 0 else (slice(lo, hi), self.own)
+        if isinstance(self.own, slice):
+            A = self.array[sel]
+        else:
+            A = self.array.oindex[sel]
+        A = np.asarray(A, dtype=np.float64)
+        return A if self.axis == 0 else A.T  # the strip axis first: (own, window)
+
+    def chunks(self) -> Any:
+        """The chunks in order, each a new float64 array."""
+        step = int(self.array.chunks[1 - self.axis])
+        size = int(self.array.shape[1 - self.axis])
+        win, wlo, whi = None, 0, 0
+        for a, b in self.spans:
+            if win is None or not (wlo <= a < whi):
+                win = None
+                wlo = (a // step) * step
+                whi = min(wlo + step, size)
+                if wlo == a and whi <= b:  # stored windows inside the span: read them at once
+                    whi = min(b - (b - a) % step if b < size else b, size)
+                win = self._read(wlo, whi)
+            if (a, b) == (wlo, whi):
+                out, win = win, None
+            else:
+                out = np.empty((win.shape[0], b - a))
+                pos = a
+                while pos < b:
+                    if win is None or not (wlo <= pos < whi):
+                        wlo = (pos // step) * step
+                        whi = min(wlo + step, size)
+                        win = self._read(wlo, whi)
+                    take = min(b, whi) - pos
+                    out[:, pos - a:pos - a + take] = win[:, pos - wlo:pos - wlo + take]
+                    pos += take
+            yield np.ascontiguousarray(out if self.axis == 0 else out.T)
+            del out
+
+
+def _mm_kernel(A: np.ndarray, X: np.ndarray) -> np.ndarray:
+    return A @ X
+
+
+def _rmm_kernel(A: np.ndarray, Y: np.ndarray) -> np.ndarray:
+    return A.T @ Y
+
+
+def _loss_kernel(A: np.ndarray, Bi: np.ndarray, Cj: np.ndarray, shared: np.ndarray,
+                 fine: Any) -> np.ndarray:
+    """``[||A||^2, ||A - model||^2]`` on one chunk (``A`` is modified)."""
+    v = A.reshape(-1)
+    a2 = float(v @ v)
+    return np.array([a2, loss_task(A, Bi[:, shared], Cj[:, shared], fine, copy=False)])
+
+
+_KERNELS: dict[str, tuple[Callable[..., Any], bool]] = {
+    "mm": (_mm_kernel, False), "rmm": (_rmm_kernel, False), "loss": (_loss_kernel, True)}
+
+
+def row_task(kind: str, srcs: list[Any], args: list[tuple[Any, ...]]) -> Any:
+    """``sum_k kernel(chunk_k, *args_k)`` over a list of chunks, read one at a time (at most one
+    chunk and its partial result in memory). ``kind``: ``"mm"`` (``A X``), ``"rmm"``
+    (``A^T Y``) or ``"loss"``."""
+    kernel, writable = _KERNELS[kind]
+    chunks = (srcs.chunks() if isinstance(srcs, ZarrStrip)
+              else (_chunk_array(src, writable) for src in srcs))
+    acc = None
+    for A, a in zip(chunks, args, strict=True):
+        part = kernel(A, *a)
+        del A
+        acc = part if acc is None else acc + part
+    return acc
+
+
+def _add(*parts: Any) -> Any:
+    acc = parts[0]
+    for p in parts[1:]:
+        acc = acc + p
+    return acc
+
+
 def fine_task(
-    Aii: np.ndarray,
+    Aii: Any,
     Bc: np.ndarray,
     Cc: np.ndarray,
     rb: list[np.ndarray],
@@ -86,12 +248,14 @@ def fine_task(
     exact_max: int,
     seed: int,
 ) -> dict[str, Any]:
-    """Sweep the fine levels on one diagonal chunk ``Aii`` (a, b): the coarse levels
-    contribute ``Bc Cc^T`` there. Returns the new fine factors and side outputs."""
-    R = np.array(Aii, dtype=np.float64)
+    """Sweep the fine levels on one diagonal chunk ``Aii`` (a, b) (an array or a
+    :class:`ZarrChunk`): the coarse levels contribute ``Bc Cc^T`` there. Returns the new fine
+    factors and side outputs (small: (a + b) r numbers)."""
+    R = _chunk_array(Aii, True)
     add_lowrank(R, Bc, Cc, -1.0)
     st = init_state(R, rb, cb, ranks, psd=psd, B=Bf, C=None if psd else Cf, exact_max=exact_max,
                     seed=seed, copy=False)
+    del R
     sweep(st, levels)
     return {"B": st.B, "C": st.B if psd else st.C, "dp": st.delta_plus, "dm": st.delta_minus,
             "nB": st.next_B, "nC": st.next_B if psd else st.next_C}
@@ -99,10 +263,11 @@ def fine_task(
 
 def loss_task(Aij: np.ndarray, Bij: np.ndarray, Cij: np.ndarray,
               fine: tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray],
-                          list[np.ndarray]] | None) -> float:
-    """``||A_ij - model_ij||_F^2`` on one chunk: ``Bij Cij^T`` holds the coarse levels shared by
-    the two chunks; ``fine = (B, C, rb, cb)`` the fine levels (diagonal chunks only)."""
-    R = np.array(Aij, dtype=np.float64)
+                          list[np.ndarray]] | None, copy: bool = True) -> float:
+    """``||A_ij - model_ij||_F^2`` on one chunk (a, b): ``Bij Cij^T`` holds the coarse levels
+    shared by the two chunks; ``fine = (B, C, rb, cb)`` the fine levels (diagonal chunks only).
+    ``copy=False`` subtracts in place."""
+    R = np.array(Aij, dtype=np.float64) if copy else Aij
     add_lowrank(R, Bij, Cij, -1.0)
     if fine is not None:
         Bf, Cf, rb, cb = fine
@@ -115,78 +280,13 @@ def loss_task(Aij: np.ndarray, Bij: np.ndarray, Cij: np.ndarray,
 
 
 # ---------------------------------------------------------------------- engines
-class _NumpyEngine:
-    """Products and chunks of a dense matrix in hierarchy order (the reference path)."""
-
-    def __init__(self, Ah: np.ndarray) -> None:
-        self.A = Ah
-        self.shape = Ah.shape
-        self.passes = 0
-
-    def matmat(self, X: np.ndarray) -> np.ndarray:
-        self.passes += 1
-        return self.A @ X
-
-    def rmatmat(self, Y: np.ndarray) -> np.ndarray:
-        self.passes += 1
-        return self.A.T @ Y
-
-    def block(self, r0: int, r1: int, c0: int, c1: int) -> Any:
-        return self.A[r0:r1, c0:c1]
-
-    def run(self, calls: list[tuple[Callable[..., Any], tuple[Any, ...]]]) -> list[Any]:
-        return [f(*args) for f, args in calls]
-
-    def norm2(self) -> float:
-        v = self.A.reshape(-1)
-        return float(v @ v)
-
-
-class _DaskEngine(_NumpyEngine):
-    """The same on a Dask array (hierarchy order), chunked along the layout's chunks."""
-
-    def __init__(self, Ad: Any, rch: np.ndarray, cch: np.ndarray) -> None:
-        self.A = Ad.rechunk((tuple(np.diff(rch).tolist()), tuple(np.diff(cch).tolist())))
-        self.rch, self.cch = rch, cch
-        self.shape = tuple(Ad.shape)
-        self.passes = 0
-
-    def matmat(self, X: np.ndarray) -> np.ndarray:
-        import dask.array as da
-
-        self.passes += 1
-        Xd = da.from_array(X, chunks=(self.A.chunks[1], X.shape[1]))
-        return np.asarray((self.A @ Xd).compute())
-
-    def rmatmat(self, Y: np.ndarray) -> np.ndarray:
-        import dask.array as da
-
-        self.passes += 1
-        Yd = da.from_array(Y, chunks=(self.A.chunks[0], Y.shape[1]))
-        return np.asarray((self.A.T @ Yd).compute())
-
-    def block(self, r0: int, r1: int, c0: int, c1: int) -> Any:
-        i = int(np.searchsorted(self.rch, r0))
-        j = int(np.searchsorted(self.cch, c0))
-        return self.A.blocks[i, j]
-
-    def run(self, calls: list[tuple[Callable[..., Any], tuple[Any, ...]]]) -> list[Any]:
-        import dask
-
-        tasks = [dask.delayed(f, pure=False)(*args) for f, args in calls]
-        return list(dask.compute(*tasks))
-
-    def norm2(self) -> float:
-        return float((self.A**2).sum().compute())
-
-
-class _OperatorEngine(_NumpyEngine):
+class _OperatorEngine:
     """Products of a matvec-only LinearOperator (original order) in hierarchy order."""
 
     def __init__(self, op: Any, rows: Hierarchy, cols: Hierarchy) -> None:
         self.op, self.rows, self.cols = op, rows, cols
         self.shape = tuple(op.shape)
-        self.passes = 0
+        self.passes = 0.0
 
     def matmat(self, X: np.ndarray) -> np.ndarray:
         self.passes += 1
@@ -199,6 +299,164 @@ class _OperatorEngine(_NumpyEngine):
         Yo = np.empty_like(Y)
         Yo[self.rows.perm] = Y
         return np.asarray(self.op.rmatmat(Yo))[self.cols.perm]
+
+    def block_products(self, rb: np.ndarray, cb: np.ndarray, parts: list[np.ndarray],
+                       transpose: bool) -> list[np.ndarray]:
+        """``[A_t X_t]`` (or ``A_t^T X_t``) for the diagonal blocks ``A_t`` of one level: one
+        product with the block-column matrix, diagonal blocks kept."""
+        outer, inner = (cb, rb) if transpose else (rb, cb)
+        width = max(P.shape[1] for P in parts)
+        X = _blockcols(parts, inner, width, int(inner[-1]))
+        Y = self.rmatmat(X) if transpose else self.matmat(X)
+        return [Y[outer[t]:outer[t + 1], t * width:t * width + P.shape[1]]
+                for t, P in enumerate(parts)]
+
+
+class _NumpyEngine:
+    """The chunked algorithm on a dense matrix in memory (hierarchy order): the reference for
+    the Dask engines, running the same tasks (chunk by chunk, in the same order) in-process."""
+
+    def __init__(self, Ah: np.ndarray, rch: np.ndarray, cch: np.ndarray) -> None:
+        self.A = Ah
+        self.rch, self.cch = rch, cch
+        self.shape = tuple(Ah.shape)
+        self.passes = 0.0
+
+    # -- overridden by the Dask engines
+    def chunk(self, i: int, j: int) -> Any:
+        """Chunk ``(i, j)`` as a task argument."""
+        return self.A[self.rch[i]:self.rch[i + 1], self.cch[j]:self.cch[j + 1]]
+
+    def const(self, x: Any) -> Any:
+        """A small array shared by several tasks."""
+        return x
+
+    def rows(self, kind: str, jobs: list[tuple[list[Any], list[tuple[Any, ...]]]]) -> list[Any]:
+        """``[row_task(kind, srcs, args) for srcs, args in jobs]``."""
+        return [row_task(kind, srcs, args) for srcs, args in jobs]
+
+    def run(self, calls: list[tuple[Callable[..., Any], tuple[Any, ...]]]) -> list[Any]:
+        return [f(*args) for f, args in calls]
+
+    # -- shared
+    def count(self, i: np.ndarray | int, j: np.ndarray | int) -> None:
+        """Count the chunks read as a fraction of a pass over A."""
+        a = np.sum(np.diff(self.rch)[i]) if np.ndim(i) else self.rch[i + 1] - self.rch[i]
+        b = np.sum(np.diff(self.cch)[j]) if np.ndim(j) else self.cch[j + 1] - self.cch[j]
+        self.passes += float(a) * float(b) / (float(self.shape[0]) * float(self.shape[1]))
+
+    def block_products(self, rb: np.ndarray, cb: np.ndarray, parts: list[np.ndarray],
+                       transpose: bool) -> list[np.ndarray]:
+        """``[A_t X_t]`` (or ``A_t^T X_t``) for the diagonal blocks ``A_t`` of one level
+        (block ``t``: rows ``rb[t]:rb[t+1]``, columns ``cb[t]:cb[t+1]``; ``X_t`` has that many
+        columns (rows) and ``w`` columns). Only those blocks of A are read; a level with ``p``
+        blocks reads about ``1/p`` of A. One task per chunk row (column) of each block."""
+        own, other = (self.cch, self.rch) if transpose else (self.rch, self.cch)
+        ob, ib = (cb, rb) if transpose else (rb, cb)
+        jobs, index = [], []
+        for t, P in enumerate(parts):
+            io = np.arange(np.searchsorted(own, ob[t]), np.searchsorted(own, ob[t + 1]))
+            ii = np.arange(np.searchsorted(other, ib[t]), np.searchsorted(other, ib[t + 1]))
+            pieces = [self.const(np.ascontiguousarray(P[other[j] - ib[t]:other[j + 1] - ib[t]]))
+                      for j in ii]
+            for i in io:
+                srcs = [self.chunk(j, i) if transpose else self.chunk(i, j) for j in ii]
+                jobs.append((srcs, [(x,) for x in pieces]))
+                index.append(t)
+            if transpose:
+                self.count(ii, io)
+            else:
+                self.count(io, ii)
+        res = self.rows("rmm" if transpose else "mm", jobs)
+        out: list[list[np.ndarray]] = [[] for _ in parts]
+        for t, r in zip(index, res, strict=True):
+            out[t].append(r)
+        return [np.vstack(o) for o in out]
+
+
+class _DaskEngine(_NumpyEngine):
+    """The same tasks on a Dask array (hierarchy order), chunked along the layout's chunks. A
+    chunk is a dependency of the task that uses it; products and the loss are per-chunk tasks
+    summed by a tree, so a task holds one chunk."""
+
+    def __init__(self, Ad: Any, rch: np.ndarray, cch: np.ndarray) -> None:
+        self.A = Ad.rechunk((tuple(np.diff(rch).tolist()), tuple(np.diff(cch).tolist())))
+        self.rch, self.cch = rch, cch
+        self.shape = tuple(Ad.shape)
+        self.passes = 0.0
+
+    def chunk(self, i: int, j: int) -> Any:
+        return self.A.blocks[i, j]
+
+    def const(self, x: Any) -> Any:
+        import dask
+
+        return dask.delayed(x, pure=True)
+
+    def rows(self, kind: str, jobs: list[tuple[list[Any], list[tuple[Any, ...]]]]) -> list[Any]:
+        import dask
+
+        task = dask.delayed(row_task, pure=False)
+        add = dask.delayed(_add, pure=False)
+        out = []
+        for srcs, args in jobs:
+            parts = [task(kind, [s], [a]) for s, a in zip(srcs, args, strict=True)]
+            while len(parts) > 1:
+                parts = [add(*parts[k:k + 4]) if k + 1 < len(parts) else parts[k]
+                         for k in range(0, len(parts), 4)]
+            out.append(parts[0])
+        return list(dask.compute(*out))
+
+    def run(self, calls: list[tuple[Callable[..., Any], tuple[Any, ...]]]) -> list[Any]:
+        import dask
+
+        tasks = [dask.delayed(f, pure=False)(*args) for f, args in calls]
+        return list(dask.compute(*tasks))
+
+
+class _ZarrEngine(_DaskEngine):
+    """The same tasks on a zarr array: each task reads its chunks itself, one at a time, and a
+    product or loss task covers a whole chunk row (column) of a block: no chunk is ever held for
+    another task and no partial sums travel. ``ir`` / ``ic``: stored row / column of each
+    hierarchy position."""
+
+    def __init__(self, array: Any, ir: np.ndarray, ic: np.ndarray, rch: np.ndarray,
+                 cch: np.ndarray) -> None:
+        self.array = array
+        self.ir, self.ic = ir, ic
+        self.rch, self.cch = rch, cch
+        self.shape = (ir.size, ic.size)
+        self.passes = 0.0
+
+    @staticmethod
+    def _sel(idx: np.ndarray, a: int, b: int) -> slice | np.ndarray:
+        part = idx[a:b]
+        if part.size and np.array_equal(part, np.arange(part[0], part[0] + part.size)):
+            return slice(int(part[0]), int(part[0]) + part.size)
+        return part.copy()
+
+    def chunk(self, i: int, j: int) -> Any:
+        return ZarrChunk(self.array, self._sel(self.ir, int(self.rch[i]), int(self.rch[i + 1])),
+                         self._sel(self.ic, int(self.cch[j]), int(self.cch[j + 1])))
+
+    def _strip(self, srcs: list[ZarrChunk]) -> ZarrStrip | list[ZarrChunk]:
+        """The chunks of a job as one strip when they share their rows (columns) and their
+        columns (rows) are consecutive stored ranges."""
+        for axis, own, other in ((0, "rows", "cols"), (1, "cols", "rows")):
+            o = [getattr(x, own) for x in srcs]
+            t = [getattr(x, other) for x in srcs]
+            same = all(isinstance(v, slice) and v == o[0] for v in o) or all(
+                isinstance(v, np.ndarray) and np.array_equal(v, o[0]) for v in o)
+            if same and all(isinstance(v, slice) for v in t) and all(
+                    u.stop == v.start for u, v in zip(t[:-1], t[1:], strict=True)):
+                return ZarrStrip(self.array, o[0], [(v.start, v.stop) for v in t], axis)
+        return srcs
+
+    def rows(self, kind: str, jobs: list[tuple[list[Any], list[tuple[Any, ...]]]]) -> list[Any]:
+        import dask
+
+        task = dask.delayed(row_task, pure=False)
+        return list(dask.compute(*[task(kind, self._strip(srcs), args) for srcs, args in jobs]))
 
 
 # ---------------------------------------------------------------------- the fit
@@ -241,6 +499,10 @@ def _blockcols(parts: list[np.ndarray], bounds: np.ndarray, width: int, n: int) 
     return X
 
 
+def _pad(Y: np.ndarray, width: int) -> np.ndarray:
+    return Y if Y.shape[1] == width else np.pad(Y, ((0, 0), (0, width - Y.shape[1])))
+
+
 def _product_level(eng: Any, F: _Factors, lvl: int, q: int, rng: np.random.Generator) -> None:
     """Refit level ``lvl`` by blockwise randomized SVDs through products with A."""
     rb, cb, r = F.rb[lvl], F.cb[lvl], F.ranks[lvl]
@@ -256,14 +518,16 @@ def _product_level(eng: Any, F: _Factors, lvl: int, q: int, rng: np.random.Gener
                      rng.standard_normal((cb[t + 1] - cb[t], g))]) for t in range(p)]
 
     def R_times(parts: list[np.ndarray], width: int) -> list[np.ndarray]:
-        X = _blockcols(parts, cb, width, n)
-        Y = eng.matmat(X) - F.apply(X, lvl, transpose=False)
-        return [Y[rb[t]:rb[t + 1], t * width:(t + 1) * width] for t in range(p)]
+        Y = eng.block_products(rb, cb, parts, transpose=False)
+        M = F.apply(_blockcols(parts, cb, width, n), lvl, transpose=False)
+        return [_pad(Y[t], width) - M[rb[t]:rb[t + 1], t * width:(t + 1) * width]
+                for t in range(p)]
 
     def RT_times(parts: list[np.ndarray], width: int) -> list[np.ndarray]:
-        X = _blockcols(parts, rb, width, m)
-        Z = eng.rmatmat(X) - F.apply(X, lvl, transpose=True)
-        return [Z[cb[t]:cb[t + 1], t * width:(t + 1) * width] for t in range(p)]
+        Z = eng.block_products(rb, cb, parts, transpose=True)
+        M = F.apply(_blockcols(parts, rb, width, m), lvl, transpose=True)
+        return [_pad(Z[t], width) - M[cb[t]:cb[t + 1], t * width:(t + 1) * width]
+                for t in range(p)]
 
     Y = R_times(Om, W)
     for _ in range(0 if warm else q):
@@ -319,7 +583,8 @@ def _fine_sweep(eng: Any, F: _Factors, c: int, rch: np.ndarray, cch: np.ndarray,
         Bf = [F.B[lvl][r0:r1] for lvl in fine]
         Cf = [F.C[lvl][c0:c1] for lvl in fine]
         loc = [lvl - c for lvl in levels]
-        calls.append((fine_task, (eng.block(r0, r1, c0, c1), Bc, Cc, rb, cb,
+        eng.count(i, i)
+        calls.append((fine_task, (eng.chunk(i, i), Bc, Cc, rb, cb,
                                   [F.ranks[lvl] for lvl in fine], Bf, Cf, F.psd, loc, exact_max,
                                   seed + i)))
     results = eng.run(calls)
@@ -338,24 +603,38 @@ def _fine_sweep(eng: Any, F: _Factors, c: int, rch: np.ndarray, cch: np.ndarray,
             F.dm[lvl] += res["dm"][t]
 
 
-def _loss(eng: Any, F: _Factors, c: int, rch: np.ndarray, cch: np.ndarray) -> float:
+def _loss(eng: Any, F: _Factors, c: int, rch: np.ndarray, cch: np.ndarray) -> tuple[float,
+                                                                                    float]:
+    """``(||A||_F^2, ||A - model||_F^2)`` by one pass over the chunks, one task per chunk row:
+    row chunk ``i`` carries the coarse ``B`` rows, column chunk ``j`` the coarse ``C`` rows,
+    and a mask selects the levels whose block holds both chunks."""
     L = len(F.ranks)
     K = rch.size - 1
     anc = [np.searchsorted(F.rb[lvl], rch[:-1], side="right") - 1 for lvl in range(c)]
-    calls = []
+    cols = [np.full(F.ranks[lvl], lvl) for lvl in range(c)]
+    col_level = np.concatenate(cols) if cols else np.zeros(0, dtype=np.int64)
+    Cs = [eng.const(np.hstack([F.C[lvl][cch[j]:cch[j + 1]] for lvl in range(c)]
+                              or [np.zeros((cch[j + 1] - cch[j], 0))])) for j in range(K)]
+    jobs = []
     for i in range(K):
+        r0, r1 = int(rch[i]), int(rch[i + 1])
+        Bi = eng.const(np.hstack([F.B[lvl][r0:r1] for lvl in range(c)]
+                                 or [np.zeros((r1 - r0, 0))]))
+        args = []
         for j in range(K):
-            r0, r1, c0, c1 = int(rch[i]), int(rch[i + 1]), int(cch[j]), int(cch[j + 1])
-            shared = [lvl for lvl in range(c) if anc[lvl][i] == anc[lvl][j]]
-            Bij = np.hstack([F.B[lvl][r0:r1] for lvl in shared] or [np.zeros((r1 - r0, 0))])
-            Cij = np.hstack([F.C[lvl][c0:c1] for lvl in shared] or [np.zeros((c1 - c0, 0))])
+            c0, c1 = int(cch[j]), int(cch[j + 1])
+            shared = np.array([anc[lvl][i] == anc[lvl][j] for lvl in range(c)], dtype=bool)
+            mask = shared[col_level] if c else np.zeros(0, dtype=bool)
             fine = None
             if i == j and c < L:
                 fine = ([F.B[lvl][r0:r1] for lvl in range(c, L)],
                         [F.C[lvl][c0:c1] for lvl in range(c, L)],
                         _local_bounds(F.rb[c:], r0, r1), _local_bounds(F.cb[c:], c0, c1))
-            calls.append((loss_task, (eng.block(r0, r1, c0, c1), Bij, Cij, fine)))
-    return float(sum(eng.run(calls)))
+            args.append((Bi, Cs[j], mask, fine))
+        jobs.append(([eng.chunk(i, j) for j in range(K)], args))
+    eng.count(np.arange(K), np.arange(K))
+    a2, r2 = np.sum(eng.rows("loss", jobs), axis=0)
+    return float(a2), float(r2)
 
 
 def _operator_loss(eng: Any, F: _Factors, batch: int = 256) -> float:
@@ -395,10 +674,15 @@ def fit_products(
     L = len(F.ranks)
     rng = np.random.default_rng(seed)
     operator = rch is None
-    norm2 = eng.norm2() if not operator else None
+    norm2 = 0.0
 
     def loss() -> float:
-        return _operator_loss(eng, F) if operator else _loss(eng, F, c, rch, cch)
+        nonlocal norm2
+        if operator:
+            return _operator_loss(eng, F)
+        a2, r2 = _loss(eng, F, c, rch, cch)
+        norm2 = norm2 or a2  # ||A||^2 from the first loss pass: no pass of its own
+        return r2
 
     def epoch(levels: list[int]) -> None:
         i = 0
@@ -415,8 +699,6 @@ def fit_products(
                 i = j
 
     if operator:
-        E = np.zeros((cols.n, 0))
-        norm2 = 0.0
         for a in range(0, cols.n, 256):
             b = min(a + 256, cols.n)
             E = np.zeros((cols.n, b - a))
@@ -440,13 +722,16 @@ def fit_products(
     B = np.hstack(F.B)
     M = MLRMatrix(rows, cols, F.ranks, B) if psd else MLRMatrix(rows, cols, F.ranks, B,
                                                                    np.hstack(F.C))
-    M.history_ = {"rel_error": hist, "ranks": list(F.ranks), "passes_over_A": eng.passes,
-                  "chunk_level": c, "n_chunks": 0 if operator else int(rch.size - 1),
+    M.history_ = {"rel_error": hist, "ranks": list(F.ranks),
+                  "passes_over_A": round(float(eng.passes), 6), "chunk_level": c,
+                  "n_chunks": 0 if operator else int(rch.size - 1),
                   "seconds": {"fit": time.perf_counter() - t0}}
     return M
 
 
-def _source_in_hierarchy_order(src: Any, rows: Hierarchy, cols: Hierarchy) -> Any:
+def _source_in_hierarchy_order(src: Any, rows: Hierarchy, cols: Hierarchy) -> tuple[Any, Any]:
+    """The matrix as a Dask array in hierarchy order, and for a store ``(zarr array, ir, ic)``
+    (stored row / column of each hierarchy position) for tasks that read it themselves."""
     import dask.array as da
 
     from mlr_dask.fit.api import MatrixStore
@@ -464,11 +749,12 @@ def _source_in_hierarchy_order(src: Any, rows: Hierarchy, cols: Hierarchy) -> An
     inv_c = np.empty_like(sc)
     inv_c[sc] = np.arange(sc.size)
     ir, ic = inv_r[rows.perm], inv_c[cols.perm]
+    zarr_src = (src.array, ir, ic) if isinstance(src, MatrixStore) else None
     if not np.array_equal(ir, np.arange(ir.size)):
         arr = arr[ir]
     if not np.array_equal(ic, np.arange(ic.size)):
         arr = arr[:, ic]
-    return arr.astype(np.float64)
+    return arr.astype(np.float64), zarr_src
 
 
 def fit_mlr_dask(
@@ -493,18 +779,21 @@ def fit_mlr_dask(
 
     ``chunk_items``: rows (and columns) per chunk, default 4096 (128 MiB of float64 per chunk).
     ``engine="numpy"`` runs the same algorithm on the matrix loaded in memory (reference).
+    With a store, the tasks read their chunks from zarr themselves (see the module docstring).
     The result's ``history_`` holds the relative error per epoch and ``passes_over_A``.
     """
     chunk_items = 4096 if chunk_items is None else int(chunk_items)
     if chunk_items < 1:
         raise InputError("chunk_items must be positive")
     m, n = rows.n, cols.n
-    Ad = _source_in_hierarchy_order(src, rows, cols)
+    Ad, zarr_src = _source_in_hierarchy_order(src, rows, cols)
     if tuple(Ad.shape) != (m, n):
         raise InputError(f"the matrix is {Ad.shape}, the hierarchy {(m, n)}")
     c, rch, cch = chunk_layout(rows, cols, chunk_items)
     if engine == "numpy":
-        eng: Any = _NumpyEngine(np.ascontiguousarray(Ad.compute()))
+        eng: Any = _NumpyEngine(np.ascontiguousarray(Ad.compute()), rch, cch)
+    elif zarr_src is not None:
+        eng = _ZarrEngine(*zarr_src, rch, cch)
     else:
         eng = _DaskEngine(Ad, rch, cch)
     return fit_products(eng, rows, cols, ranks, c=c, rch=rch, cch=cch, psd=psd,

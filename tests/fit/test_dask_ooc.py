@@ -1,9 +1,18 @@
 """Out-of-core acceptance run (slow): a large matrix in zarr fitted on a LocalCluster of two
 worker processes whose memory limits total ``MLR_OOC_MEMORY`` (default 1 GB), with a given
 hierarchy. The relative error must match the same algorithm run on the matrix in memory within
-1e-6 relative. Size from ``MLR_OOC_N`` (default 20000: 3.2 GB of float64)."""
+1e-6 relative. Size from ``MLR_OOC_N`` (default 20000: 3.2 GB of float64).
+
+Worker settings for data that is re-read from zarr on every pass: the nanny's pause (80 %) and
+terminate (95 %) thresholds stay on, spilling is off (the tasks' results are a few MiB of
+products; there is nothing worth writing to disk, and spilling at 70 % of a limit that is
+mostly unmanaged memory only costs time), Dask's statistical profiler is off (it caches the
+source lines of every sampled frame, 6-8 MiB per worker) and big arrays are always mmapped
+(``MALLOC_MMAP_THRESHOLD_``: freed chunks go back to the OS at once). The peak resident memory
+of each worker is sampled and printed next to the limit, with the pause / spill counts."""
 
 import os
+import threading
 import time
 
 import numpy as np
@@ -47,7 +56,37 @@ def _write_mlr_plus_noise(path, n, levels, ranks, chunk, noise=0.1, seed=0):
     return h
 
 
+def _start_sampler() -> float:
+    """Sample this worker's resident memory every 5 ms (its peak); returns the current MiB."""
+    import builtins
+
+    import psutil
+
+    proc = psutil.Process()
+    state = {"peak": proc.memory_info().rss, "run": True}
+
+    def loop() -> None:
+        while state["run"]:
+            state["peak"] = max(state["peak"], proc.memory_info().rss)
+            time.sleep(0.005)
+
+    threading.Thread(target=loop, daemon=True).start()
+    builtins._mlr_ooc_sampler = state
+    return state["peak"] / 2**20
+
+
+def _read_sampler(dask_worker=None) -> dict:
+    import builtins
+
+    state = builtins._mlr_ooc_sampler
+    state["run"] = False
+    spilled = getattr(getattr(dask_worker, "data", None), "slow", None)
+    return {"peak_MiB": state["peak"] / 2**20,
+            "spilled_keys": 0 if spilled is None else len(spilled)}
+
+
 def test_out_of_core_fit_matches_in_memory(tmp_path):
+    import dask
     from distributed import Client, LocalCluster
 
     from mlr_dask.fit.api import load_matrix_store
@@ -65,14 +104,24 @@ def test_out_of_core_fit_matches_in_memory(tmp_path):
     store = load_matrix_store(tmp_path / "big.zarr")
     env = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     os.environ.update(env)
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                      memory_limit=mem // 2,
-                      dashboard_address="127.0.0.1:0") as cluster, \
-            Client(cluster):
+    cfg = {"distributed.worker.memory.target": False,
+           "distributed.worker.memory.spill": False,
+           "distributed.worker.memory.pause": 0.8,
+           "distributed.worker.memory.terminate": 0.95,
+           "distributed.worker.profile.enabled": False,
+           "distributed.nanny.pre-spawn-environ.MALLOC_MMAP_THRESHOLD_": 131072}
+    with dask.config.set(cfg), \
+            LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                         memory_limit=mem // 2, dashboard_address="127.0.0.1:0") as cluster, \
+            Client(cluster) as client:
+        base = client.run(_start_sampler)
         t0 = time.perf_counter()
         Md = fit_mlr_dask(store, h, h, ranks, max_iter=epochs, tol=0.0,
                           chunk_items=chunk_items, seed=5)
         t_dask = time.perf_counter() - t0
+        peaks = client.run(_read_sampler)
+        logs = client.get_worker_logs()
+        paused = sum("Pausing worker" in msg for v in logs.values() for _, msg in v)
     t0 = time.perf_counter()
     Mn = fit_mlr_dask(store, h, h, ranks, max_iter=epochs, tol=0.0, chunk_items=chunk_items,
                       seed=5, engine="numpy")
@@ -81,5 +130,9 @@ def test_out_of_core_fit_matches_in_memory(tmp_path):
     print(f"\nOOC n={n}: write {t_write:.0f}s, dask {t_dask:.0f}s, in-memory {t_mem:.0f}s, "
           f"rel error dask {ed:.8f} in-memory {em:.8f}, passes {Md.history_['passes_over_A']}, "
           f"chunks {Md.history_['n_chunks']}, chunk level {Md.history_['chunk_level']}")
+    print(f"workers: limit {mem / 2 / 2**20:.0f} MiB each, start "
+          f"{[round(v) for v in base.values()]} MiB, peak "
+          f"{[round(v['peak_MiB']) for v in peaks.values()]} MiB, spilled keys "
+          f"{[v['spilled_keys'] for v in peaks.values()]}, pauses {paused}")
     assert abs(ed - em) <= 1e-6 * em
     assert np.all(np.diff(Md.history_["rel_error"]) <= 1e-12)
