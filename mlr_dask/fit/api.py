@@ -317,11 +317,10 @@ def fit_mlr(
     init : starting rank allocation of a learned hierarchy (ignored when ``ranks`` is given
         or the hierarchy is fixed). ``"best"`` (default): the learned fit from each start of
         :data:`BEST_INITS` (``"bottom"``, ``"uniform"``), the lowest error kept (about twice
-        the time of one). ``"bottom"`` wins on kernel matrices (r = 28: radial n = 2000 0.053
-        against 0.102 for ``"uniform"`` and 0.088 for ``"spread"``, the former default; radial
-        n = 5000 0.057 against 0.092; DGT 2000 x 2800 0.171 against 0.195 and 0.181; DGT
-        5000 x 7000 0.178 against 0.186), ``"uniform"`` on matrices with strong coarse levels
-        (MLR plus 10% noise, n = 1000: 0.114 against 0.146 and 0.173).
+        the time of one). ``"bottom"`` wins on kernel matrices (r = 28: radial n = 5000 0.0553,
+        DGT 5000 x 7000 0.1652; with single-vector splits, radial n = 2000 0.053 against 0.102
+        for ``"uniform"`` and 0.088 for ``"spread"``, the former default), ``"uniform"`` on
+        matrices with strong coarse levels (MLR plus 10% noise, n = 1000: 0.112 against 0.147).
         ``"bottom"``: rank only on the atoms while partitioning, so the hierarchy is
         recursive co-clustering of ``A o A``; then the rank grows from a diagonal model one
         unit at a time (each step tries the 3 levels of largest predicted gain, each with one

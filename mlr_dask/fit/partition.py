@@ -4,17 +4,27 @@ For each new level the coarser levels are fitted (one warm-started BCD epoch), t
 of the finest level is split in two so that the large entries of the residual ``R`` land in the
 new diagonal blocks: on ``W = R o R`` restricted to the block,
 
-- non-symmetric: ``method="normalized"`` (default): order rows and columns by the second
-  singular pair of ``D1^-1/2 W D2^-1/2`` (bipartite spectral co-clustering; better cuts on the
-  kernel matrices than the next option in our runs); ``method="centered"``: double-center ``W``
-  and order by its leading singular pair;
-- symmetric: order by the Fiedler vector of the graph Laplacian of ``W + eps`` (computed from the
-  normalized adjacency ``D^-1/2 W D^-1/2``);
+- non-symmetric: ``method="normalized"`` (default): embed rows and columns by singular pairs
+  2..k+1 of ``D1^-1/2 W D2^-1/2`` (bipartite spectral co-clustering; better cuts on the kernel
+  matrices than the next option in our runs); ``method="centered"``: double-center ``W`` and
+  order by its leading singular pair;
+- symmetric: embed by eigenvectors 2..k+1 of the normalized adjacency ``D^-1/2 W D^-1/2``
+  (the Fiedler vector and the next ones of the graph Laplacian of ``W + eps``);
 
-then cut in two equal halves (``balanced``) or at the sign change (unbalanced), optionally
-improved by greedy swaps that raise the mass of the diagonal blocks. The last level splits into
-atoms. Also: a hierarchy from labels (:meth:`Hierarchy.from_labels`) and from a distance matrix
-(:func:`hierarchy_from_distances`, recursive 2-means on a spectral embedding).
+with ``k = n_vectors`` (default 4), the cut is searched along several directions of the
+embedding and the one of smallest normalized cut of ``W`` is kept. With ``k = 1`` this is the
+classic ordering by the second singular / Fiedler vector. Why more than one: when the leading
+non-trivial singular values are (nearly) equal, as for points filling a cube (three equal ones,
+one per axis), the computed vector is an arbitrary mix of them and its cut is oblique. On the
+discrete Gauss transform (points in ``[0, 1]^3``, r = 28, ``init="bottom"``) k = 4 lowered the
+final error from 0.171 to 0.157 at 2000 x 2800 and from 0.178 to 0.163 at 5000 x 7000, and
+from 0.0573 to 0.0564 on the radial kernel at 5000 (points on a sphere).
+
+Each direction is cut in two equal halves (``balanced``) or at the sign change (unbalanced);
+the chosen cut is optionally improved by greedy swaps that raise the mass of the diagonal blocks.
+The last level splits into atoms. Also: a hierarchy from labels (:meth:`Hierarchy.from_labels`)
+and from a distance matrix (:func:`hierarchy_from_distances`, recursive balanced bisection on
+the same spectral embedding of a Gaussian affinity).
 """
 
 from __future__ import annotations
@@ -50,36 +60,120 @@ def _leading_pair(Wc: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray,
     return U[:, 0], Vt[0]
 
 
-def _cocluster(W: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Second singular pair of ``D1^-1/2 W D2^-1/2`` scaled back by ``D^-1/2`` (bipartite
-    spectral co-clustering; the first pair is the trivial one)."""
+def _cocluster(W: np.ndarray, rng: np.random.Generator,
+               k: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Bipartite spectral co-clustering embedding: singular pairs 2..k+1 of
+    ``D1^-1/2 W D2^-1/2``, scaled back by ``D^-1/2`` (the first pair is the trivial one).
+    Returns ``(Zr, Zc)`` of shapes (a, k) and (b, k), in decreasing singular value."""
     eps = 1e-12 * max(float(W.max()), 1e-300)
     d1 = W.sum(axis=1) + eps * W.shape[1]
     d2 = W.sum(axis=0) + eps * W.shape[0]
     s1, s2 = 1.0 / np.sqrt(d1), 1.0 / np.sqrt(d2)
     Wn = (W + eps) * s1[:, None] * s2[None, :]
     a, b = W.shape
+    k = max(1, min(k, min(a, b) - 2))
     if min(a, b) <= _DENSE_EIG_MAX:
         U, _, Vt = np.linalg.svd(Wn, full_matrices=False)
-        return U[:, 1] * s1, Vt[1] * s2
-    U, sv, Vt = spla.svds(Wn, k=2, tol=1e-6, v0=rng.standard_normal(min(a, b)), maxiter=2000)
-    i = int(np.argmin(sv))
-    return U[:, i] * s1, Vt[i] * s2
+        return U[:, 1:k + 1] * s1[:, None], Vt[1:k + 1].T * s2[:, None]
+    U, sv, Vt = spla.svds(Wn, k=k + 1, tol=1e-6, v0=rng.standard_normal(min(a, b)),
+                          maxiter=2000)
+    idx = np.argsort(sv)[::-1][1:]
+    return U[:, idx] * s1[:, None], Vt[idx].T * s2[:, None]
 
 
-def _fiedler(W: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _fiedler(W: np.ndarray, rng: np.random.Generator, k: int = 1) -> np.ndarray:
+    """Laplacian embedding of a symmetric ``W`` (n, n): eigenvectors 2..k+1 of the normalized
+    adjacency ``D^-1/2 W D^-1/2`` (largest first), scaled by ``D^-1/2``. (n, k)."""
     W = 0.5 * (W + W.T)
     eps = 1e-12 * max(float(W.max()), 1e-300)
     d = W.sum(axis=1) + eps * W.shape[0]
     s = 1.0 / np.sqrt(d)
     Nm = (W + eps) * s[:, None] * s[None, :]
-    if W.shape[0] <= _DENSE_EIG_MAX:
+    n = W.shape[0]
+    k = max(1, min(k, n - 2))
+    if n <= _DENSE_EIG_MAX:
         _, V = np.linalg.eigh(Nm)
-        v2 = V[:, -2]
+        V = V[:, ::-1][:, 1:k + 1]
     else:
-        _, V = spla.eigsh(Nm, k=2, which="LA", tol=1e-6, v0=rng.standard_normal(W.shape[0]))
-        v2 = V[:, 0]
-    return v2 * s
+        w, V = spla.eigsh(Nm, k=k + 1, which="LA", tol=1e-6, v0=rng.standard_normal(n))
+        V = V[:, np.argsort(w)[::-1][1:]]
+    return V * s[:, None]
+
+
+def _directions(k: int, n_random: int, rng: np.random.Generator) -> np.ndarray:
+    """Unit directions in the k-dim embedding: the axes, the diagonals of pairs of axes, and
+    ``n_random`` random ones. (k, n_dirs); the first column is the leading vector."""
+    if k == 1:
+        return np.ones((1, 1))
+    cols = [np.eye(k)]
+    for i in range(k):
+        for j in range(i + 1, k):
+            for sgn in (1.0, -1.0):
+                w = np.zeros(k)
+                w[i], w[j] = 1.0, sgn
+                cols.append(w[:, None] / np.sqrt(2.0))
+    R = rng.standard_normal((k, n_random))
+    cols.append(R / np.linalg.norm(R, axis=0, keepdims=True))
+    return np.hstack(cols)
+
+
+def _score_cuts(W: np.ndarray, P: np.ndarray, Q: np.ndarray, balanced: bool, min_size: int
+                ) -> tuple[np.ndarray, list[tuple[np.ndarray, int, np.ndarray, int]]]:
+    """Cut rows by each column of ``P`` (a, d) and columns by the same column of ``Q`` (b, d);
+    return the normalized cut of ``W`` (a, b) of each, ``cut (1/vol_0 + 1/vol_1)``, where
+    ``cut`` is the mass of the two off-diagonal blocks and ``vol_s`` the mass of the rows and
+    columns on side ``s``, and the cuts ``(row_order, row_cut, col_order, col_cut)``. All
+    candidates are scored with one product ``W @ C`` (C: b x d side indicators)."""
+    a, b = W.shape
+    nd = P.shape[1]
+    cuts = []
+    Rm = np.zeros((a, nd))
+    Cm = np.zeros((b, nd))
+    for j in range(nd):
+        ordr = np.argsort(P[:, j], kind="stable")
+        ordc = np.argsort(Q[:, j], kind="stable")
+        cr = _cut(P[ordr, j], balanced, min_size)
+        cc = _cut(Q[ordc, j], balanced, min_size)
+        Rm[ordr[:cr], j] = 1.0
+        Cm[ordc[:cc], j] = 1.0
+        cuts.append((ordr, cr, ordc, cc))
+    dr, dc = W.sum(axis=1), W.sum(axis=0)
+    m00 = np.einsum("ij,ij->j", Rm, W @ Cm)
+    r0, c0 = dr @ Rm, dc @ Cm
+    cut = (r0 - m00) + (c0 - m00)
+    vol0 = r0 + c0
+    vol1 = 2.0 * dr.sum() - vol0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        score = cut / np.maximum(vol0, 1e-300) + cut / np.maximum(vol1, 1e-300)
+    return np.where(np.isfinite(score), score, np.inf), cuts
+
+
+def _best_cut(W: np.ndarray, Zr: np.ndarray, Zc: np.ndarray, balanced: bool, min_size: int,
+              rng: np.random.Generator, n_random: int, rounds: int = 5, n_local: int = 12,
+              ) -> tuple[np.ndarray, int, np.ndarray, int]:
+    """The cut of the embedding ``(Zr, Zc)`` (a, k), (b, k) along a direction ``w`` of smallest
+    normalized cut of ``W`` (a, b) (:func:`_score_cuts`): first the directions of
+    :func:`_directions`, then ``rounds`` of ``n_local`` random perturbations of the best one
+    with a step halved every round. Near-degenerate singular values (a cube of points: three
+    equal ones) make any single computed vector an arbitrary mix, whose cut is oblique; the
+    search finds the axis cut. ``k = 1``: the cut of the single vector."""
+    k = Zr.shape[1]
+    D = _directions(k, n_random, rng)
+    score, cuts = _score_cuts(W, Zr @ D, Zc @ D, balanced, min_size)
+    j = int(np.argmin(score))
+    if k == 1:
+        return cuts[j]
+    best_w, best_s, best_cut = D[:, j], score[j], cuts[j]
+    step = 0.5
+    for _ in range(rounds):
+        Dl = best_w[:, None] + step * rng.standard_normal((k, n_local))
+        Dl /= np.linalg.norm(Dl, axis=0, keepdims=True)
+        score, cuts = _score_cuts(W, Zr @ Dl, Zc @ Dl, balanced, min_size)
+        j = int(np.argmin(score))
+        if score[j] < best_s:
+            best_w, best_s, best_cut = Dl[:, j], score[j], cuts[j]
+        step *= 0.5
+    return best_cut
 
 
 def _cut(vec: np.ndarray, balanced: bool, min_size: int = 1) -> int:
@@ -161,17 +255,21 @@ def split_block(
     symmetric: bool = False,
     balanced: bool = True,
     refine: bool = False,
-    method: str = "centered",
+    method: str = "normalized",
     power: int = 2,
     min_size: int = 1,
+    n_vectors: int = 4,
+    n_random: int = 32,
     rng: np.random.Generator | None = None,
 ) -> tuple[np.ndarray, int, np.ndarray, int]:
     """Split one residual block ``Rk`` (a, b) in two.
 
     Returns ``(row_order, row_cut, col_order, col_cut)``: local orders (permutations of
     ``range(a)`` / ``range(b)``) and the sizes of the first child; an unbalanced cut keeps at
-    least ``min_size`` items on each side (when the block allows it). Copies the block once
-    (``W = Rk o Rk``).
+    least ``min_size`` items on each side (when the block allows it). ``n_vectors``: dimension
+    of the spectral embedding (``method="normalized"`` and symmetric; 1: order by the leading
+    non-trivial vector only); ``n_random``: random directions of the embedding scored on top of
+    its axes and pairwise diagonals. Copies the block once (``W = Rk o Rk``).
     """
     rng = np.random.default_rng(0) if rng is None else rng
     a, b = Rk.shape
@@ -180,16 +278,11 @@ def split_block(
     W = np.square(Rk) if power == 2 else np.abs(Rk)
     if symmetric:
         np.fill_diagonal(W, 0.0)  # self-similarity carries no information about the cut
-        f = _fiedler(W, rng)
-        order = np.argsort(f, kind="stable")
-        c = _cut(f[order], balanced, min_size)
-        ordr, cr, ordc, cc = order, c, order, c
+        Z = _fiedler(W, rng, n_vectors)
+        ordr, cr, ordc, cc = _best_cut(W, Z, Z, balanced, min_size, rng, n_random)
     elif method == "normalized":
-        u, v = _cocluster(W, rng)
-        ordr = np.argsort(u, kind="stable")
-        ordc = np.argsort(v, kind="stable")
-        cr = _cut(u[ordr], balanced, min_size)
-        cc = _cut(v[ordc], balanced, min_size)
+        Zr, Zc = _cocluster(W, rng, n_vectors)
+        ordr, cr, ordc, cc = _best_cut(W, Zr, Zc, balanced, min_size, rng, n_random)
     else:
         Wc = W - W.mean(axis=1, keepdims=True)
         Wc -= W.mean(axis=0, keepdims=True)
@@ -242,6 +335,7 @@ def spectral_partition(
     seed: int = 0,
     exact_max: int = 192,
     epochs: int = 1,
+    n_vectors: int = 4,
     callback: Callable[[int], None] | None = None,
 ) -> tuple[Hierarchy, Hierarchy, BCDState]:
     """Learn row and column hierarchies of ``n_levels`` levels for ``Ap`` (m, n) (original
@@ -295,6 +389,7 @@ def spectral_partition(
             o_r, cr, o_c, cc = split_block(R[r0:r1, c0:c1], symmetric=symmetric,
                                            balanced=balanced, refine=refine,
                                            method=method, power=power, rng=rng,
+                                           n_vectors=n_vectors,
                                            min_size=2 ** (n_split - lvl))
             ordr[r0:r1] = r0 + o_r
             ordc[c0:c1] = c0 + o_c
@@ -333,12 +428,13 @@ def hierarchy_from_labels(labels: Sequence[Any], **kw: Any) -> Hierarchy:
 
 
 def hierarchy_from_distances(
-    D: np.ndarray, n_levels: int, *, atoms: bool = True, seed: int = 0
+    D: np.ndarray, n_levels: int, *, atoms: bool = True, n_vectors: int = 4, seed: int = 0
 ) -> Hierarchy:
     """Hierarchy of ``n`` items from a symmetric distance matrix ``D`` (n, n) by recursive
-    bisection: each block is split by the Fiedler vector of the Gaussian affinity
-    ``exp(-(D / median(D))^2)`` restricted to it, into equal halves. The last level is atoms
-    when ``atoms``. Materializes one n x n affinity matrix."""
+    bisection: each block is split into equal halves along the direction of its Laplacian
+    embedding (``n_vectors`` eigenvectors from the Fiedler vector on, see :func:`split_block`)
+    of smallest normalized cut of the Gaussian affinity ``exp(-(D / median(D))^2)`` restricted
+    to it. The last level is atoms when ``atoms``. Materializes one n x n affinity matrix."""
     D = np.asarray(D, dtype=np.float64)
     if D.ndim != 2 or D.shape[0] != D.shape[1]:
         raise InputError(f"a distance matrix must be square, got shape {D.shape}")
@@ -360,10 +456,15 @@ def hierarchy_from_distances(
         for k in range(prev.size - 1):
             a, b = prev[k], prev[k + 1]
             idx = perm[a:b]
-            f = _fiedler(S[np.ix_(idx, idx)], rng)
-            o = np.argsort(f, kind="stable")
+            Sk = S[np.ix_(idx, idx)]
+            np.fill_diagonal(Sk, 0.0)
+            if b - a < 3:
+                o, c = np.arange(b - a), (b - a) // 2
+            else:
+                Z = _fiedler(Sk, rng, n_vectors)
+                o, c, _, _ = _best_cut(Sk, Z, Z, True, 1, rng, 32)
             order[a:b] = a + o
-            new += [a + (b - a) // 2, b]
+            new += [a + c, b]
         perm = perm[order]
         bounds.append(np.asarray(new))
     h = Hierarchy(bounds, perm)

@@ -89,3 +89,85 @@ def test_partition_validates():
         spectral_partition(np.ones((10, 12)), 3, [1, 1, 1], symmetric=True)
     with pytest.raises(InputError):
         spectral_partition(np.ones((6, 6)), 6, [1] * 6)
+
+
+def _ncut(W: np.ndarray, rows0: np.ndarray, cols0: np.ndarray) -> float:
+    """Normalized cut of a bipartite split, by plain sums (the twin of the scoring product)."""
+    r1, c1 = ~rows0, ~cols0
+    cut = W[np.ix_(rows0, c1)].sum() + W[np.ix_(r1, cols0)].sum()
+    vol0 = W[rows0].sum() + W[:, cols0].sum()
+    vol1 = W[r1].sum() + W[:, c1].sum()
+    return cut / vol0 + cut / vol1
+
+
+def test_scored_cuts_match_plain_sums(rng):
+    """The normalized cuts scored with one product equal the plain-sum twin, per candidate."""
+    from mlr_dask.fit.partition import _cocluster, _directions, _score_cuts
+
+    W = np.square(rng.standard_normal((40, 30))) + 0.1
+    Zr, Zc = _cocluster(W, rng, 3)
+    D = _directions(3, 10, rng)
+    for balanced in (False, True):
+        scores, cuts = _score_cuts(W, Zr @ D, Zc @ D, balanced, 1)
+        assert len(cuts) == D.shape[1] == 3 + 6 + 10
+        for sc, (o_r, cr, o_c, cc) in zip(scores, cuts, strict=True):
+            rows0 = np.zeros(40, dtype=bool)
+            rows0[o_r[:cr]] = True
+            cols0 = np.zeros(30, dtype=bool)
+            cols0[o_c[:cc]] = True
+            assert sc == pytest.approx(_ncut(W, rows0, cols0), rel=1e-10)
+            if balanced:
+                assert (cr, cc) == (20, 15)
+
+
+def test_best_cut_is_no_worse_than_the_leading_vector(rng):
+    from mlr_dask.fit.partition import _best_cut, _cocluster, _score_cuts
+
+    W = np.square(rng.standard_normal((60, 50))) + 0.05
+    Zr, Zc = _cocluster(W, rng, 4)
+    lead, _ = _score_cuts(W, Zr[:, :1], Zc[:, :1], False, 1)
+    o_r, cr, o_c, cc = _best_cut(W, Zr, Zc, False, 1, rng, 8)
+    rows0 = np.zeros(60, dtype=bool)
+    rows0[o_r[:cr]] = True
+    cols0 = np.zeros(50, dtype=bool)
+    cols0[o_c[:cc]] = True
+    assert _ncut(W, rows0, cols0) <= lead[0] + 1e-12
+
+
+def _cut_normal(pts: np.ndarray, side: np.ndarray) -> np.ndarray:
+    X = np.c_[pts - pts.mean(axis=0), np.ones(len(pts))]
+    w = np.linalg.lstsq(X, side.astype(float), rcond=None)[0][:3]
+    return np.abs(w) / np.linalg.norm(w)
+
+
+def test_split_of_points_in_a_cube_is_axis_aligned():
+    """Gaussian kernel between points filling a cube: the three leading non-trivial singular
+    values are nearly equal, so the leading vector alone cuts obliquely; the embedding search
+    finds a cut across one axis, with less mass across it."""
+    from mlr_dask.datasets.matrices import dgt
+
+    m, n = 500, 700
+    A = dgt(m, n, seed=0)
+    g = np.random.default_rng(0)
+    t, s = g.uniform(size=(m, 3)), g.uniform(size=(n, 3))
+    assert np.allclose(A[:5, :5], np.exp(-25.0 * np.square(t[:5, None] - s[None, :5]).sum(-1)))
+    W = A * A
+    found = {}
+    for k in (1, 4):
+        o_r, cr, o_c, cc = split_block(A, refine=False, balanced=False, n_vectors=k)
+        rows0 = np.zeros(m, dtype=bool)
+        rows0[o_r[:cr]] = True
+        cols0 = np.zeros(n, dtype=bool)
+        cols0[o_c[:cc]] = True
+        found[k] = (_ncut(W, rows0, cols0), _cut_normal(t, rows0), _cut_normal(s, cols0))
+    assert found[4][1].max() > 0.95 and found[4][2].max() > 0.95
+    assert found[1][1].max() < 0.95  # the single-vector cut is oblique on this seed
+    assert found[4][0] < found[1][0]
+
+
+def test_symmetric_split_keeps_rows_and_columns_together(rng):
+    X = rng.uniform(size=(120, 3))
+    A = np.exp(-10.0 * np.square(X[:, None] - X[None]).sum(-1))
+    o_r, cr, o_c, cc = split_block(A, symmetric=True, refine=False, n_vectors=4)
+    assert np.array_equal(o_r, o_c) and cr == cc
+    assert 1 <= cr < 120
