@@ -7,11 +7,11 @@ A worker process's baseline (Python, numpy, dask, numba imported) is larger than
 at this n, so the nanny's pause / terminate thresholds cannot be applied literally: they are
 switched off and instead the peak resident memory of each worker above its baseline is
 measured (a sampling thread in each worker) and printed next to the limit. The baseline is
-taken after the fixed costs that do not depend on the data: the library imported and one
-element of the store read (zarr imports its codecs on the first read, about 3 MiB). Dask's
-statistical profiler is switched off in the workers: it caches the source lines of every
-sampled frame (6-8 MiB per worker over a few iterations), memory a tightly limited worker
-should not spend.
+taken after the fixed costs that do not depend on the data: the library imported, the kernels
+compiled and one element of the store read (zarr imports its codecs on the first read, about
+3 MiB). The workers use ``connect(out_of_core=True)``: among others, Dask's statistical
+profiler is off (it caches the source lines of every sampled frame, 6-8 MiB per worker over a
+few iterations, memory a tightly limited worker should not spend).
 """
 
 from __future__ import annotations
@@ -81,15 +81,12 @@ def run(n: int = 100_000, iters: int = 5, chunk_size: int = 3125, workers: int =
                                     chunk_size=chunk_size).fit(Y)
         t_mem = time.perf_counter() - t0
         del Y
-        cfg = {"distributed.worker.memory.target": False,
-               "distributed.worker.memory.spill": False,
-               "distributed.worker.memory.pause": False,
-               "distributed.worker.memory.terminate": False,
-               "distributed.worker.profile.enabled": False,
-               # big arrays always mmapped: freed memory goes back to the OS at once
-               "distributed.nanny.pre-spawn-environ.MALLOC_MMAP_THRESHOLD_": 131072}
+        # the out-of-core worker profile (spilling and profiler off, large allocations
+        # mmapped); the pause / terminate thresholds are off too (see the module docstring)
+        cfg = {"distributed.worker.memory.pause": False,
+               "distributed.worker.memory.terminate": False}
         with dask.config.set(cfg), connect(n_workers=workers, memory_limit=int(limit),
-                                           quiet=True) as client:
+                                           quiet=True, out_of_core=True) as client:
             client.run(_start_sampler, str(path))
             t0 = time.perf_counter()
             m = MultilevelFactorModel(None, [30, 20, 10, 5, 4], max_iter=iters, tol=0.0,

@@ -22,6 +22,20 @@ SINGLE_THREAD_ENV = {
 }
 
 
+#: Dask configuration of the embedded workers with ``connect(out_of_core=True)``: for jobs that
+#: stream a zarr store larger than the workers' memory, whose task results are small (block
+#: products, EM statistics). Spilling is off (there is nothing worth writing to disk, and
+#: spilling at a fraction of a limit that is mostly unmanaged memory only costs time; the pause
+#: and terminate thresholds stay), the statistical profiler is off (it caches the source lines
+#: of every sampled frame: 6-8 MiB per worker) and glibc serves large allocations by mmap, so a
+#: freed chunk goes back to the OS at once instead of staying in the heap.
+OUT_OF_CORE_CONFIG: dict[str, Any] = {
+    "distributed.worker.memory.target": False,
+    "distributed.worker.memory.spill": False,
+    "distributed.worker.profile.enabled": False,
+    "distributed.nanny.pre-spawn-environ.MALLOC_MMAP_THRESHOLD_": 131072,
+}
+
 #: ``--scheduler`` values that mean Dask's in-process schedulers, no cluster.
 LOCAL_SCHEDULERS = ("threads", "synchronous")
 
@@ -68,6 +82,7 @@ def connect(
     processes: bool = True,
     quiet: bool = False,
     timeout: float = 10.0,
+    out_of_core: bool = False,
 ) -> Iterator[distributed.Client]:  # noqa: F821
     """Yield a ``distributed.Client``; close what this call started on exit.
 
@@ -79,6 +94,13 @@ def connect(
         cluster (then ``None`` is yielded instead of a client).
     memory_limit : per-worker memory limit for the embedded cluster (bytes or ``"2GB"``).
     quiet : do not print the dashboard link.
+    out_of_core : start the embedded workers with :data:`OUT_OF_CORE_CONFIG` (tight memory
+        limits, data streamed from zarr). A running cluster keeps its own configuration: put
+        the same keys in the workers' Dask configuration (``deploy/distributed.yaml``).
+
+    Every worker compiles the numba kernels when it starts (:class:`mlr_dask.workers.
+    WarmKernels`), so no task pays for compilation and the memory it takes is there from the
+    start.
     """
     from distributed import Client
 
@@ -95,7 +117,10 @@ def connect(
         except (OSError, TimeoutError) as exc:
             raise InputError(f"cannot reach the Dask scheduler at {address!r}: {exc}") from None
     else:
-        cluster = _local_cluster(n_workers, threads_per_worker, processes, memory_limit)
+        import dask
+
+        with dask.config.set(OUT_OF_CORE_CONFIG if out_of_core else {}):
+            cluster = _local_cluster(n_workers, threads_per_worker, processes, memory_limit)
         client = Client(cluster)
     try:
         if not quiet:

@@ -21,3 +21,29 @@ def test_cli_unreachable_scheduler_exit_2(tmp_path, capsys, monkeypatch):
     assert code == 2
     assert capsys.readouterr().err.startswith("error: cannot reach")
     assert list(tmp_path.iterdir()) == []  # nothing written before the check
+
+
+def _worker_settings():
+    import os
+
+    import dask
+
+    from mlr_dask.fit import blockops
+    from mlr_dask.kernels import blocks
+
+    return {"profile": dask.config.get("distributed.worker.profile.enabled"),
+            "spill": dask.config.get("distributed.worker.memory.spill"),
+            "mmap": os.environ.get("MALLOC_MMAP_THRESHOLD_"),
+            "compiled": bool(blockops._gather_rows.signatures)
+            and bool(blocks._segment_sum.signatures)}
+
+
+@pytest.mark.parametrize("out_of_core", [False, True])
+def test_embedded_workers_profile_and_warm_kernels(out_of_core):
+    with connect(n_workers=1, quiet=True, memory_limit="1GB", out_of_core=out_of_core) as client:
+        (got,) = client.run(_worker_settings).values()
+    assert got["compiled"]  # the worker plugin compiled the kernels before any task
+    if out_of_core:
+        assert got == {"profile": False, "spill": False, "mmap": "131072", "compiled": True}
+    else:
+        assert got["profile"] is True and got["spill"] is not False

@@ -134,3 +134,13 @@ def scatter_rows_numpy(
     for t, k in enumerate(idx):
         F[bounds[k]:bounds[k + 1]] = Fp[t, :bounds[k + 1] - bounds[k]]
     return F
+
+
+def warm() -> None:
+    """Compile the kernels of this module for float64 on tiny inputs (worker start-up)."""
+    b = np.array([0, 2], dtype=np.int64)
+    idx = np.array([0], dtype=np.int64)
+    R = np.zeros((2, 2))
+    scatter_blocks(R, b, b, idx, gather_blocks(R, b, b, idx, 2, 2))
+    F = np.zeros((2, 1))
+    scatter_rows(F, b, idx, gather_rows(F, b, idx, 2))

@@ -3,13 +3,10 @@ worker processes whose memory limits total ``MLR_OOC_MEMORY`` (default 1 GB), wi
 hierarchy. The relative error must match the same algorithm run on the matrix in memory within
 1e-6 relative. Size from ``MLR_OOC_N`` (default 20000: 3.2 GB of float64).
 
-Worker settings for data that is re-read from zarr on every pass: the nanny's pause (80 %) and
-terminate (95 %) thresholds stay on, spilling is off (the tasks' results are a few MiB of
-products; there is nothing worth writing to disk, and spilling at 70 % of a limit that is
-mostly unmanaged memory only costs time), Dask's statistical profiler is off (it caches the
-source lines of every sampled frame, 6-8 MiB per worker) and big arrays are always mmapped
-(``MALLOC_MMAP_THRESHOLD_``: freed chunks go back to the OS at once). The peak resident memory
-of each worker is sampled and printed next to the limit, with the pause / spill counts."""
+Worker settings for data that is re-read from zarr on every pass: ``connect(out_of_core=True)``
+(spilling and the statistical profiler off, large allocations mmapped; the nanny's pause (80 %) and
+terminate (95 %) thresholds stay on). The peak resident memory of each worker is sampled and
+printed next to the limit, with the pause / spill counts."""
 
 import os
 import threading
@@ -86,9 +83,7 @@ def _read_sampler(dask_worker=None) -> dict:
 
 
 def test_out_of_core_fit_matches_in_memory(tmp_path):
-    import dask
-    from distributed import Client, LocalCluster
-
+    from mlr_dask.cluster import connect
     from mlr_dask.fit.api import load_matrix_store
     from mlr_dask.fit.dask import fit_mlr_dask
 
@@ -102,18 +97,7 @@ def test_out_of_core_fit_matches_in_memory(tmp_path):
     h = _write_mlr_plus_noise(tmp_path / "big.zarr", n, levels, ranks, chunk=1250)
     t_write = time.perf_counter() - t0
     store = load_matrix_store(tmp_path / "big.zarr")
-    env = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    os.environ.update(env)
-    cfg = {"distributed.worker.memory.target": False,
-           "distributed.worker.memory.spill": False,
-           "distributed.worker.memory.pause": 0.8,
-           "distributed.worker.memory.terminate": 0.95,
-           "distributed.worker.profile.enabled": False,
-           "distributed.nanny.pre-spawn-environ.MALLOC_MMAP_THRESHOLD_": 131072}
-    with dask.config.set(cfg), \
-            LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                         memory_limit=mem // 2, dashboard_address="127.0.0.1:0") as cluster, \
-            Client(cluster) as client:
+    with connect(n_workers=2, memory_limit=mem // 2, quiet=True, out_of_core=True) as client:
         base = client.run(_start_sampler)
         t0 = time.perf_counter()
         Md = fit_mlr_dask(store, h, h, ranks, max_iter=epochs, tol=0.0,
