@@ -13,6 +13,8 @@ column is zero when the block has fewer than ``k`` non-zero singular values.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 __all__ = [
@@ -78,6 +80,34 @@ def _orth(Y: np.ndarray) -> np.ndarray:
     return np.linalg.qr(Y)[0]
 
 
+def _range_finder_svd(
+    M: Any, k: int, q: int, oversample: int,
+    init: tuple[np.ndarray, np.ndarray] | None, rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The randomized SVD of one matrix (a, b) (array or operator) or of a stack (t, a, b):
+    the same steps, batched over the leading axis of a stack (numpy's ``@``, ``qr`` and
+    ``svd`` broadcast); one test matrix shared by the blocks of a stack."""
+    stack = isinstance(M, np.ndarray) and M.ndim == 3
+    MT = np.swapaxes(M, 1, 2) if stack else M.T
+    a, b = M.shape[-2:]
+    ell = min(k + oversample, a, b)
+    j = 0 if init is None else init[0].shape[-1]
+    Om = rng.standard_normal((b, max(ell - j, 1)))
+    if stack:
+        Om = np.broadcast_to(Om, (M.shape[0], *Om.shape))
+    if j:
+        Om = np.concatenate([init[1], Om], axis=-1)
+    Y = M @ Om
+    for _ in range(q):
+        Y = M @ _orth(MT @ _orth(Y))
+    if j:
+        Y = np.concatenate([init[0], Y], axis=-1)
+    Q = _orth(Y)
+    Us, s, Vt = np.linalg.svd(np.swapaxes(Q, -1, -2) @ M, full_matrices=False)
+    return (_pad_cols(Q @ Us, k, -1), _pad_cols(s, k, -1),
+            _pad_cols(np.swapaxes(Vt, -1, -2), k, -1))
+
+
 def batched_randomized_svd(
     G: np.ndarray,
     k: int,
@@ -90,29 +120,11 @@ def batched_randomized_svd(
     """Batched twin of :func:`randomized_svd` for a stack ``G`` (t, M, N); ``init`` =
     ``(Bp, Cp)`` (t, M, j), (t, N, j). Returns ``U`` (t, M, k), ``s`` (t, k), ``V`` (t, N, k)."""
     rng = np.random.default_rng(0) if rng is None else rng
-    t, M, N = G.shape
-    ell = min(k + oversample, M, N)
-    j = 0 if init is None else init[0].shape[2]
-    Om = rng.standard_normal((N, max(ell - j, 1)))
-    Om = np.broadcast_to(Om, (t, *Om.shape))
-    if j:
-        Om = np.concatenate([init[1], Om], axis=2)
-    GT = np.swapaxes(G, 1, 2)
-    Y = G @ Om
-    for _ in range(q):
-        Q = np.linalg.qr(Y)[0]
-        Z = np.linalg.qr(GT @ Q)[0]
-        Y = G @ Z
-    if j:
-        Y = np.concatenate([init[0], Y], axis=2)
-    Q = np.linalg.qr(Y)[0]
-    S = np.swapaxes(Q, 1, 2) @ G  # (t, l, N)
-    Us, s, Vt = np.linalg.svd(S, full_matrices=False)
-    return _pad_cols(Q @ Us, k, 2), _pad_cols(s, k, 1), _pad_cols(np.swapaxes(Vt, 1, 2), k, 2)
+    return _range_finder_svd(np.asarray(G), k, q, oversample, init, rng)
 
 
 def randomized_svd(
-    M: np.ndarray,
+    M: Any,
     k: int,
     *,
     q: int = 2,
@@ -120,31 +132,17 @@ def randomized_svd(
     init: tuple[np.ndarray, np.ndarray] | None = None,
     rng: np.random.Generator | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Top-``k`` SVD of ``M`` (a, b) by a randomized range finder, reading ``M`` 2(q+1) times.
+    """Top-``k`` SVD of ``M`` (a, b) (an array or a ``LinearOperator``) by a randomized range
+    finder, reading ``M`` 2(q+1) times.
 
     ``init = (B0, C0)`` (a, j) and (b, j): a warm start; ``C0`` joins the test matrix and
     ``B0`` the final range, so the best rank-k approximation returned is at least as good as
     ``B0 C0^T``. Returns ``U`` (a, k), ``s`` (k,), ``V`` (b, k).
     """
     rng = np.random.default_rng(0) if rng is None else rng
-    a, b = M.shape
-    ell = min(k + oversample, a, b)
-    j = 0 if init is None else init[0].shape[1]
-    Om = rng.standard_normal((b, max(ell - j, 1)))
-    if j:
-        Om = np.hstack([init[1], Om])
-    Y = M @ Om
-    for _ in range(q):
-        Q = _orth(Y)
-        Z = _orth(M.T @ Q)
-        Y = M @ Z
-    if j:
-        Y = np.hstack([init[0], Y])
-    Q = _orth(Y)
-    Bs = Q.T @ M  # (l, b)
-    Us, s, Vt = np.linalg.svd(Bs, full_matrices=False)
-    U = Q @ Us
-    return _pad_cols(U, k, 1), _pad_cols(s, k, 0), _pad_cols(Vt.T, k, 1)
+    if isinstance(M, np.ndarray) and M.ndim != 2:
+        raise ValueError(f"randomized_svd takes one matrix, got shape {M.shape}")
+    return _range_finder_svd(M, k, q, oversample, init, rng)
 
 
 def randomized_psd_eig(

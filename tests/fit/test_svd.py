@@ -73,3 +73,17 @@ def test_zero_block_gives_zero_factors():
     assert not np.any(U) and not np.any(s) and not np.any(V)
     V2, lam = svd.block_psd_eig(np.zeros((500, 500)), 3)
     assert not np.any(V2) and not np.any(lam)
+
+
+def test_randomized_svd_operator_equals_array(rng):
+    from scipy.sparse.linalg import aslinearoperator
+
+    M = _lowrank(rng, 120, 90, 5) + 1e-3 * rng.standard_normal((120, 90))
+    a = svd.randomized_svd(M, 5, q=1, rng=np.random.default_rng(3))
+    b = svd.randomized_svd(aslinearoperator(M), 5, q=1, rng=np.random.default_rng(3))
+    for x, y in zip(a, b, strict=True):
+        np.testing.assert_allclose(x, y, atol=1e-12)
+    G = np.stack([M[:60, :45], M[60:, 45:]])
+    U, s, V = svd.batched_randomized_svd(G, 5, q=1, rng=np.random.default_rng(3))
+    U1, s1, V1 = svd.randomized_svd(G[1], 5, q=1, rng=np.random.default_rng(3))
+    np.testing.assert_allclose(s[1], s1, rtol=1e-12)  # one test matrix, shared by the stack
