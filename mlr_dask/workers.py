@@ -12,7 +12,7 @@ from typing import Any
 from distributed import WorkerPlugin
 
 #: Modules whose ``warm()`` compiles their kernels on tiny inputs (missing ones are skipped).
-KERNEL_MODULES = ("mlr_dask.kernels.blocks", "mlr_dask.fit.blockops")
+KERNEL_MODULES = ("mlr_dask.kernels.blocks", "mlr_dask.kernels.gather")
 
 
 def warm_kernels() -> list[str]:

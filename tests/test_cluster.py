@@ -28,13 +28,12 @@ def _worker_settings():
 
     import dask
 
-    from mlr_dask.fit import blockops
-    from mlr_dask.kernels import blocks
+    from mlr_dask.kernels import blocks, gather
 
     return {"profile": dask.config.get("distributed.worker.profile.enabled"),
             "spill": dask.config.get("distributed.worker.memory.spill"),
             "mmap": os.environ.get("MALLOC_MMAP_THRESHOLD_"),
-            "compiled": bool(blockops._gather_rows.signatures)
+            "compiled": bool(gather._gather_rows.signatures)
             and bool(blocks._segment_sum.signatures)}
 
 

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mlr_dask.fit.blockops import gather_blocks, gather_rows, scatter_blocks, scatter_rows
 from mlr_dask.fit.svd import (
     batched_psd_eig,
     batched_randomized_svd,
@@ -32,6 +31,7 @@ from mlr_dask.fit.svd import (
     block_psd_eig,
     block_svd,
 )
+from mlr_dask.kernels.gather import gather_blocks, gather_rows, scatter_blocks, scatter_rows
 
 __all__ = ["BCDState", "init_state", "fit_level", "sweep", "run_bcd", "epoch_order", "STRIP"]
 

@@ -2,7 +2,7 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as hst
 
-from mlr_dask.fit import blockops as bo
+from mlr_dask.kernels import gather as bo
 
 
 def _bounds(rng, n, p):
