@@ -33,7 +33,8 @@ from mlr_dask.fit.svd import (
 )
 from mlr_dask.kernels.gather import gather_blocks, gather_rows, scatter_blocks, scatter_rows
 
-__all__ = ["BCDState", "init_state", "fit_level", "sweep", "run_bcd", "epoch_order", "STRIP"]
+__all__ = ["BCDState", "init_state", "fit_level", "sweep", "run_bcd", "epoch_order",
+           "epoch_levels", "STRIP"]
 
 #: Rows per strip when a large block is updated in place (bounds temporary memory).
 STRIP = 512
@@ -274,6 +275,20 @@ def epoch_order(n_levels: int) -> list[int]:
     return list(range(n_levels)) + list(range(n_levels - 2, -1, -1))
 
 
+def epoch_levels(n_levels: int, it: int) -> list[int]:
+    """The levels fitted by epoch ``it`` (1-based) of :func:`run_bcd`: :func:`epoch_order`,
+    less the first level 0 from the second epoch on. The previous epoch ended with level 0 and
+    nothing changed since, so fitting it again at once solves the same subproblem (exactly for
+    dense SVDs; a randomized fit gains one more subspace iteration), the most expensive one:
+    level 0 spans the whole matrix. In memory (n = 2000, L = 12, r = 30, radial kernel and MLR
+    plus noise) the errors after 1-12 epochs agree to 1e-6 relative and an epoch takes 7-14 %
+    less time. The Dask path keeps the full order: there the coarse levels are fitted by
+    products over A and the refit paid for itself (n = 8000, 2 epochs: 0.22258 against 0.22315
+    without it, for 2 more passes over A in 27.9)."""
+    order = epoch_order(n_levels)
+    return order[1:] if it > 1 and n_levels > 1 else order
+
+
 def sweep(st: BCDState, levels: Sequence[int]) -> None:
     """Fit the given levels in order."""
     for lvl in levels:
@@ -301,7 +316,7 @@ def run_bcd(
         callback(0, hist[-1])
     for it in range(1, max_iter + 1):
         before = st.loss
-        sweep(st, epoch_order(L))
+        sweep(st, epoch_levels(L, it))
         hist.append(st.rel_error)
         if callback:
             callback(it, hist[-1])

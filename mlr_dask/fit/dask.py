@@ -710,7 +710,7 @@ def fit_products(
     if progress:
         progress("epoch", {"epoch": 0, "rel_error": hist[-1]})
     for it in range(1, max_iter + 1):
-        epoch(epoch_order(L))
+        epoch(epoch_order(L))  # the full order: see epoch_levels
         new = loss()
         hist.append(float(np.sqrt(new / norm2)))
         if progress:

@@ -5,7 +5,7 @@ from hypothesis import strategies as hst
 
 from mlr_dask.datasets.mlr import mlr_plus_noise
 from mlr_dask.fit import fit_factors
-from mlr_dask.fit.bcd import epoch_order, fit_level, init_state, run_bcd
+from mlr_dask.fit.bcd import epoch_levels, epoch_order, fit_level, init_state, run_bcd
 from mlr_dask.hierarchy import Hierarchy
 
 
@@ -141,3 +141,22 @@ def test_rank_larger_than_block_is_refused(rng):
     h = Hierarchy.dyadic(16, 3)
     with pytest.raises(InputError, match="smallest block"):
         fit_factors(rng.standard_normal((16, 16)), h, h, [1, 1, 5])
+
+
+def test_epoch_levels_drop_the_repeated_root():
+    assert epoch_levels(4, 1) == [0, 1, 2, 3, 2, 1, 0] == epoch_order(4)
+    assert epoch_levels(4, 2) == [1, 2, 3, 2, 1, 0]
+    assert epoch_levels(1, 5) == [0]
+
+
+def test_refitting_the_level_just_fitted_changes_nothing(rng):
+    """Why run_bcd skips level 0 at the start of its second and later epochs: with the others
+    fixed, the level's subproblem is the one just solved (exactly, with dense SVDs)."""
+    truth, A = mlr_plus_noise(64, 48, rank=7, n_levels=4, noise=0.1, rng=3)
+    Ah = A[truth.rows.perm][:, truth.cols.perm]
+    st = init_state(Ah, truth.rows.boundaries, truth.cols.boundaries, truth.ranks)
+    run_bcd(st, max_iter=2, tol=0.0)
+    before, B0 = st.loss, st.B[0].copy() @ st.C[0].T
+    fit_level(st, 0)
+    assert st.loss == pytest.approx(before, rel=1e-10)
+    np.testing.assert_allclose(st.B[0] @ st.C[0].T, B0, atol=1e-10)
