@@ -61,7 +61,7 @@ def _matrix(kind: str, n: int, rank: int) -> tuple[np.ndarray, float | None]:
 
 
 def _quality(kind: str, n: int, rank: int, max_iter: int, tol: float,
-             init: str | None = None) -> dict[str, object]:
+             init: str | None = None, split_vectors: int | None = None) -> dict[str, object]:
     from mlr_dask.fit import fit_mlr, lowrank_plus_diagonal
     from mlr_dask.fit.baselines import truncated_svd
 
@@ -69,7 +69,9 @@ def _quality(kind: str, n: int, rank: int, max_iter: int, tol: float,
     m, nn = A.shape
     nrm = float(np.linalg.norm(A))
     t0 = time.perf_counter()
-    kw = {} if init is None else {"init": init}
+    kw: dict[str, object] = {} if init is None else {"init": init}
+    if split_vectors is not None:
+        kw["split_vectors"] = split_vectors
     M = fit_mlr(A, rank, max_iter=max_iter, tol=tol, **kw)
     total = time.perf_counter() - t0
     err = float(np.linalg.norm(A - M.to_dense()) / nrm)
@@ -83,6 +85,7 @@ def _quality(kind: str, n: int, rank: int, max_iter: int, tol: float,
     t_lrd = time.perf_counter() - t0
     out: dict[str, object] = {
         "kind": kind, "shape": [m, nn], "rank": rank, "init": init or "default",
+        "split_vectors": split_vectors or "default",
         "storage": M.storage,
         "mlr_rel_error": err, "lr_rel_error": lr, "lrd_rel_error": lrd,
         "mlr_over_lr": err / lr, "ranks": list(M.ranks), "epochs": len(M.history_["rel_error"]) - 1,
@@ -107,6 +110,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--init", default=None,
                    help="starting allocation of the learned hierarchy, comma-separated for "
                         "several (default: the fit_mlr default)")
+    p.add_argument("--split-vectors", default=None,
+                   help="embedding dimension of the partition's splits, comma-separated for "
+                        "several (default: the fit_mlr default)")
     p.add_argument("--epoch-n", type=int, default=2000)
     p.add_argument("--epoch-levels", type=int, default=12)
     p.add_argument("--epoch-rank", type=int, default=30)
@@ -121,17 +127,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.skip_quality:
         return 0
     inits = [None] if args.init is None else [x.strip() for x in args.init.split(",")]
+    vecs = ([None] if args.split_vectors is None
+            else [int(x) for x in args.split_vectors.split(",")])
     for kind in args.kinds.split(","):
         for n in (int(x) for x in args.n.split(",")):
             for init in inits:
-                _report(_quality(kind.strip(), n, args.rank, args.max_iter, args.tol, init),
-                        kind, args.rank)
+                for k in vecs:
+                    _report(_quality(kind.strip(), n, args.rank, args.max_iter, args.tol, init,
+                                     k), kind, args.rank)
     return 0
 
 
 def _report(res: dict[str, object], kind: str, rank: int) -> None:
     print(json.dumps({"bench": "fit_quality", **res}), flush=True)
-    print(f"{kind} {res['shape']} r={rank} init={res['init']}: MLR {res['mlr_rel_error']:.4f}  "
+    print(f"{kind} {res['shape']} r={rank} init={res['init']} split_vectors="
+          f"{res['split_vectors']}: MLR {res['mlr_rel_error']:.4f}  "
           f"LR {res['lr_rel_error']:.4f}  LR+D {res['lrd_rel_error']:.4f}  "
           f"(MLR/LR {res['mlr_over_lr']:.3f}); stages {res['seconds']}", flush=True)
 

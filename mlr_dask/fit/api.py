@@ -289,6 +289,7 @@ def fit_mlr(
     balanced: bool = False,
     refine: bool = True,
     split: str = "normalized",
+    split_vectors: int = 4,
     partition_epochs: int = 1,
     alloc_eps: float = 1e-3,
     alloc_max_steps: int = 200,
@@ -336,6 +337,10 @@ def fit_mlr(
         both defaults gave lower errors on the kernel matrices), ``"normalized"`` (bipartite
         co-clustering of ``R o R``, default) or ``"centered"`` (leading pair of the
         double-centered ``R o R``, as in ``mlr.md``).
+    split_vectors : dimension of the spectral embedding in which each split searches its cut
+        (``split="normalized"`` and symmetric splits; see :func:`mlr_dask.fit.partition.
+        split_block`). 1 orders by the leading non-trivial vector alone; 4 (default) lowered
+        the error on DGT 5000 x 7000 from 0.178 to 0.165 (r = 28).
     partition_epochs : BCD epochs of the coarser levels before each split (as in the spec: 1;
         no effect with ``init="bottom"``, where nothing above the atoms is fitted yet). With
         ``init="spread"``, 8 gave 0.0906 instead of 0.0942 on the radial kernel at n = 5000, but
@@ -386,6 +391,8 @@ def fit_mlr(
         raise InputError(f"partition must be 'spectral', 'dyadic' or 'given', got {partition!r}")
     if backend not in ("auto", "numpy", "dask"):
         raise InputError(f"backend must be 'auto', 'numpy' or 'dask', got {backend!r}")
+    if not isinstance(split_vectors, int | np.integer) or split_vectors < 1:
+        raise InputError(f"split_vectors must be a positive integer, got {split_vectors!r}")
     if rank is None and ranks is None:
         raise InputError("give the total rank or the ranks per level")
     if rank is not None and (not isinstance(rank, int | np.integer) or rank < 1):
@@ -502,6 +509,7 @@ def fit_mlr(
             opts = dict(levels=L, allocate_ranks=allocate_ranks, method=method,
                         symmetric=symmetric, psd=psd, max_iter=max_iter, tol=tol,
                         balanced=balanced, refine=refine, split=split,
+                        split_vectors=split_vectors,
                         partition_epochs=partition_epochs, alloc_eps=alloc_eps,
                         alloc_max_steps=alloc_max_steps, n_jobs=n_jobs, seed=seed,
                         backend="numpy", progress=progress)
@@ -529,6 +537,7 @@ def fit_mlr(
         rows, cols, st = spectral_partition(A, L, rk0, symmetric=symmetric, psd=psd,
                                             balanced=balanced, refine=refine, seed=seed,
                                             method=split, epochs=partition_epochs,
+                                            n_vectors=split_vectors,
                                             callback=on_level)
         del A
         deficit = rank - sum(st.ranks)

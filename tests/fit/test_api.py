@@ -32,6 +32,7 @@ def no_work(monkeypatch):
         (np.ones((8,)), {"rank": 1}, "2-D"),
         (np.ones((8, 8)), {"rank": 2, "levels": 7}, "levels need"),
         (np.ones((8, 8)), {"rank": 2, "init": "middle"}, "init"),
+        (np.ones((8, 8)), {"rank": 2, "split_vectors": 0}, "split_vectors"),
     ],
 )
 def test_bad_input_raises_before_work(no_work, A, kwargs, match):
