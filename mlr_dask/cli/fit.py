@@ -47,6 +47,9 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
                    help="starting rank allocation of a learned hierarchy (best: the better "
                         "fit of bottom and uniform; bottom: partition A o A with rank only on "
                         "the atoms, then grow the ranks greedily)")
+    p.add_argument("--split-vectors", type=_positive_int, default=4,
+                   help="dimension of the spectral embedding in which each split of a learned "
+                        "hierarchy searches its cut (1: the leading vector alone)")
     p.add_argument("--no-rank-alloc", action="store_true", help="keep the starting ranks")
     p.add_argument("--method", choices=["auto", "bcd", "als"], default="auto",
                    help="final fit: ALS when affordable and not --psd (auto), BCD, or ALS")
@@ -169,7 +172,8 @@ def run_fit(args: argparse.Namespace) -> dict[str, Any]:
     with ctx as client:
         try:
             M = fit_mlr(args.matrix, args.rank, levels=args.levels, partition=args.partition,
-                        init=args.init, allocate_ranks=not args.no_rank_alloc,
+                        init=args.init, split_vectors=args.split_vectors,
+                        allocate_ranks=not args.no_rank_alloc,
                         method=args.method,
                         symmetric=args.symmetric, psd=args.psd, max_iter=args.max_iter,
                         tol=args.tol, seed=args.seed, backend="dask" if use_dask else

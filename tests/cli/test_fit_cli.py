@@ -66,6 +66,7 @@ def test_fit_mlr_cli_init(radial_store, capsys, init):
         (["--rank", "0"], "positive"),
         (["--rank", "4", "--levels", "12"], "levels need"),
         (["--rank", "4", "--init", "middle"], "invalid choice"),
+        (["--rank", "4", "--split-vectors", "0"], "positive"),
     ],
 )
 def test_fit_mlr_cli_bad_input_exit_2_no_output(tmp_path, radial_store, capsys, extra, match):
@@ -95,3 +96,21 @@ def test_fit_mlr_cli_nan_matrix(tmp_path, capsys):
     assert rc == 2
     assert "NaN" in capsys.readouterr().err
     assert not (tmp_path / "m.zarr").exists()
+
+
+def test_fit_mlr_cli_split_vectors_reach_the_partition(radial_store, capsys, monkeypatch):
+    import mlr_dask.fit.partition as partition
+
+    seen = []
+    real = partition.split_block
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["n_vectors"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(partition, "split_block", spy)
+    rc = main(["fit-mlr", str(radial_store), "--rank", "8", "--levels", "5", "--json",
+               "--quiet", "--max-iter", "5", "--init", "bottom", "--split-vectors", "2"])
+    assert rc == 0
+    assert seen and set(seen) == {2}
+    assert json.loads(capsys.readouterr().out)["rel_error"] > 0
