@@ -456,13 +456,8 @@ def hierarchy_from_distances(
         for k in range(prev.size - 1):
             a, b = prev[k], prev[k + 1]
             idx = perm[a:b]
-            Sk = S[np.ix_(idx, idx)]
-            np.fill_diagonal(Sk, 0.0)
-            if b - a < 3:
-                o, c = np.arange(b - a), (b - a) // 2
-            else:
-                Z = _fiedler(Sk, rng, n_vectors)
-                o, c, _, _ = _best_cut(Sk, Z, Z, True, 1, rng, 32)
+            o, c, _, _ = split_block(S[np.ix_(idx, idx)], symmetric=True, balanced=True,
+                                     power=1, n_vectors=n_vectors, rng=rng)
             order[a:b] = a + o
             new += [a + c, b]
         perm = perm[order]
