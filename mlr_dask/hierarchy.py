@@ -350,6 +350,10 @@ class Hierarchy:
     def __repr__(self) -> str:
         return f"Hierarchy(n={self.n}, n_blocks={self.n_blocks})"
 
+    def _repr_html_(self) -> str:
+        from mlr_dask.display import hierarchy_html
+        return hierarchy_html(self)
+
     def to_dict(self) -> dict[str, np.ndarray]:
         """Arrays that describe the hierarchy (``perm``, ``bounds_0`` ... ``bounds_{L-1}``)."""
         out = {"perm": np.asarray(self._perm)}

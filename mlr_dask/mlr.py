@@ -144,6 +144,10 @@ class MLRMatrix(spla.LinearOperator):
             f"blocks={list(self.rows.n_blocks)}, dtype={self.dtype}>"
         )
 
+    def _repr_html_(self) -> str:
+        from mlr_dask.display import mlr_html
+        return mlr_html(self)
+
     # ------------------------------------------------------------------ products
     def _apply_permuted(self, Xp: np.ndarray, transpose: bool) -> np.ndarray:
         """Product in hierarchy order: Xp (n, t) -> (m, t) (or the transpose)."""

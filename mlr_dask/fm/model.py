@@ -103,6 +103,10 @@ class MultilevelFactorModel:
         return (f"MultilevelFactorModel(ranks={list(self.ranks)}, max_iter={self.max_iter}, "
                 f"tol={self.tol}, init={self.init!r})")
 
+    def _repr_html_(self) -> str:
+        from mlr_dask.display import model_html
+        return model_html(self)
+
     # ------------------------------------------------------------------ setup
     def _check_params(self) -> None:
         if not isinstance(self.max_iter, int | np.integer) or self.max_iter < 0:
