@@ -39,8 +39,10 @@ OUT_OF_CORE_CONFIG: dict[str, Any] = {
 #: ``--scheduler`` values that mean Dask's in-process schedulers, no cluster.
 LOCAL_SCHEDULERS = ("threads", "synchronous")
 
-#: Options of the current command-line session (set by the CLI's global flags).
-SESSION: dict[str, Any] = {"report": None}
+#: Options of the current command-line session (set by the CLI's global flags), and the client
+#: a driver holds for a whole job (``client``, ``address``): :func:`connect` hands that client
+#: to every command of the job instead of starting a cluster per command.
+SESSION: dict[str, Any] = {"report": None, "client": None, "address": None, "active": False}
 
 
 @contextlib.contextmanager
@@ -104,6 +106,9 @@ def connect(
     """
     from distributed import Client
 
+    if SESSION.get("active") and (address is None or address == SESSION.get("address")):
+        yield SESSION.get("client")  # the job's client: the driver closes it, not this call
+        return
     if address in LOCAL_SCHEDULERS:
         import dask
 
@@ -119,9 +124,9 @@ def connect(
     else:
         import dask
 
-        with dask.config.set(OUT_OF_CORE_CONFIG if out_of_core else {}):
+        with dask.config.set(OUT_OF_CORE_CONFIG if out_of_core else {}), _no_sigint():
             cluster = _local_cluster(n_workers, threads_per_worker, processes, memory_limit)
-        client = Client(cluster)
+            client = Client(cluster)
     try:
         if not quiet:
             print(f"dask dashboard: {client.dashboard_link}", file=sys.stderr)
@@ -132,6 +137,48 @@ def connect(
         client.close()
         if cluster is not None:
             cluster.close()
+
+
+@contextlib.contextmanager
+def session(address: str | None = None, **kw: Any) -> Iterator[Any]:
+    """Hold one client (or Dask's local scheduler) for a whole job: inside the block every
+    :func:`connect` with no address, or the same one, yields this client and closes nothing.
+    Keyword arguments go to :func:`connect`. Yields the client (None for ``threads``)."""
+    if SESSION.get("active"):
+        raise RuntimeError("a job session is already active")
+    with connect(address, **kw) as client:
+        SESSION.update(client=client, address=address, active=True)
+        try:
+            yield client
+        finally:
+            SESSION.update(client=None, address=None, active=False)
+
+
+def worker_count(client: Any) -> int:
+    """Number of workers connected to the client's scheduler now (asks the scheduler; 0 for
+    Dask's local schedulers)."""
+    if client is None:
+        return 0
+    return len(client.nthreads())
+
+
+@contextlib.contextmanager
+def _no_sigint() -> Iterator[None]:
+    """Block SIGINT in this thread while worker processes are started: they (and the cluster's
+    event-loop thread, hence workers it restarts later) inherit the blocked signal, so Ctrl-C
+    reaches only the client, which shuts the cluster down cleanly instead of every worker
+    printing its own traceback."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _local_cluster(

@@ -41,7 +41,7 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> dict[str, Any]:
-    from mlr_dask.cluster import connect
+    from mlr_dask.cluster import connect, worker_count
 
     if args.n < 64:
         raise InputError("--n must be at least 64")
@@ -58,7 +58,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
 
     out: dict[str, Any] = {}
     with connect(args.scheduler, n_workers=args.workers, quiet=args.quiet) as client:
-        out["workers"] = len(client.scheduler_info()["workers"]) if client is not None else 0
+        out["workers"] = worker_count(client)
         with tempfile.TemporaryDirectory(dir=args.keep) as tmp:
             where = Path(args.keep) if args.keep is not None else Path(tmp)
             out["mlr"] = _mlr_stage(args, where, client, say)
@@ -81,7 +81,8 @@ def _mlr_stage(args: argparse.Namespace, where: Path, client: Any, say: Any) -> 
     rel_in_memory = float(np.linalg.norm(A - truth.to_dense()) / np.linalg.norm(A))
     path = where / "demo_mlr.zarr"
     write_matrix_store(path, A[np.ix_(truth.rows.perm, truth.cols.perm)], kind="mlr+noise",
-                       rows=truth.rows, cols=truth.cols, truth=truth, chunk=1024)
+                       rows=truth.rows, cols=truth.cols, truth=truth, chunk=1024,
+                       overwrite=True)
     del A
     seconds["generate"] = time.perf_counter() - t0
     say(f"wrote {path.name}: a {args.n} x {args.n} MLR + noise matrix, ranks "
@@ -123,7 +124,7 @@ def _fm_stage(args: argparse.Namespace, where: Path, say: Any) -> dict[str, Any]
     t0 = time.perf_counter()
     problem = generate_fm(args.fm_features, 280, seed=1001)
     path = where / "demo_fm.zarr"
-    write_fm(path, problem)
+    write_fm(path, problem, overwrite=True)
     seconds["generate"] = time.perf_counter() - t0
     say(f"wrote {path.name}: {problem.Y.shape[0]} samples x {problem.Y.shape[1]} features, "
         f"ranks {list(problem.ranks)}")

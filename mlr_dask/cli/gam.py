@@ -53,14 +53,27 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
                           "budgets are epochs/steps + early stopping, wall-clock limits "
                           "(r_max_seconds, distill_max_seconds, dpg_max_seconds, "
                           "pg_max_seconds) are off unless set, and reported when they fire")
-    run.set_defaults(func=cmd_run)
+    run.set_defaults(func=cmd_run, check=_run_config)
 
-    sweep = sub.add_parser("sweep", parents=[common], help="run a TOML sweep on Dask")
-    sweep.add_argument("config", metavar="CONFIG.toml")
+    sweep = sub.add_parser(
+        "sweep", parents=[common], help="a grid of runs, each configuration a Dask task",
+        description="Run motifs x features x |D| x seeds x methods; rows go to "
+                    "<out>/results.parquet, the plot to <out>/ce_vs_d.png. In a job file: "
+                    "a stage with command = \"gam sweep\" (see pipelines/gam_motif_sweep.toml).")
+    sweep.add_argument("--name", default="gam_sweep", help="sweep name (default %(default)s)")
+    sweep.add_argument("--motifs", type=_words, default=None, help="comma-separated motifs")
+    sweep.add_argument("--features", type=_words, default=None,
+                       help="comma-separated 7-character feature codes")
+    sweep.add_argument("--train-sizes", type=_words, default=None, help="comma-separated |D|")
+    sweep.add_argument("--seeds", type=_words, default=None, help="comma-separated seeds")
+    sweep.add_argument("--methods", type=_words, default=None,
+                       help="comma-separated subset of distill,dpg,pg")
     sweep.add_argument("--out", default=None, metavar="DIR",
-                       help="output directory (default: the one named in the config)")
+                       help="output directory (default: results/<name>)")
+    sweep.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="any run setting for every configuration (repeatable)")
     sweep.add_argument("--workers", type=int, default=None)
-    sweep.set_defaults(func=cmd_sweep)
+    sweep.set_defaults(func=cmd_sweep, check=_sweep)
 
     data = sub.add_parser("data", parents=[common], help="write train/valid/test splits (npz)")
     data.add_argument("--motif", required=True)
@@ -71,24 +84,27 @@ def register(subparsers: argparse._SubParsersAction, common: argparse.ArgumentPa
     data.set_defaults(func=cmd_data)
 
 
-def _parse_value(text: str) -> Any:
-    import tomllib
+def _words(text: str) -> list[str]:
+    return [w.strip() for w in text.split(",") if w.strip()]
 
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
+
+def _settings(items: list[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` items as a dict (TOML values; bare words are strings)."""
+    from mlr_dask.cli.run import parse_value
+
+    overrides: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise InputError(f"--set expects KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        overrides[key.strip()] = parse_value(value.strip())
+    return overrides
 
 
 def _run_config(args: argparse.Namespace) -> Any:
     from mlr_dask.sequence.pipeline import GamRunConfig
 
-    overrides: dict[str, Any] = {}
-    for item in args.set:
-        if "=" not in item:
-            raise InputError(f"--set expects KEY=VALUE, got {item!r}")
-        key, value = item.split("=", 1)
-        overrides[key.strip()] = _parse_value(value.strip())
+    overrides = _settings(args.set)
     d: dict[str, Any] = {
         "motif": args.motif,
         "features": args.features,
@@ -101,6 +117,14 @@ def _run_config(args: argparse.Namespace) -> Any:
     }
     d.update(overrides)
     return GamRunConfig.from_dict(d).validate()
+
+
+def _sweep(args: argparse.Namespace) -> Any:
+    from mlr_dask.sequence.sweep import build_sweep
+
+    return build_sweep(args.name, args.out, motifs=args.motifs, features=args.features,
+                       train_sizes=args.train_sizes, seeds=args.seeds, methods=args.methods,
+                       run=_settings(args.set))
 
 
 def _require_torch() -> None:
@@ -130,10 +154,10 @@ def cmd_run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_sweep(args: argparse.Namespace) -> dict[str, Any]:
-    """``gam sweep CONFIG.toml``: every configuration as a Dask task; table + plot."""
-    from mlr_dask.sequence.sweep import load_sweep, run_sweep
+    """``gam sweep``: every configuration as a Dask task; table + plot."""
+    from mlr_dask.sequence.sweep import run_sweep
 
-    sweep = load_sweep(args.config, out_dir=args.out)  # validates every configuration
+    sweep = _sweep(args)  # validates every configuration
     _require_torch()
     from mlr_dask.cluster import connect
 

@@ -7,7 +7,12 @@ shared flags ``--scheduler``, ``--json`` and ``--quiet`` are accepted after the 
 sets ``func`` to a callable ``func(args) -> dict``. The returned dict is printed as one JSON
 object with ``--json``, or as ``key: value`` lines otherwise.
 
-Exit status: 0 success, 2 bad input (one ``error:`` line on stderr), 1 internal failure.
+Exit status: 0 success; 2 bad input (one ``error:`` line on stderr, before any work); 1 a
+failure while working (one ``error:`` line naming the command or stage and the store; the
+traceback goes to a log file named on that line, or to stderr with ``--debug``); 130 interrupted.
+
+Every path-valued argument (:data:`PATH_DESTS`) is resolved on the client before the command
+runs (:func:`resolve_paths`), so workers never see a path relative to their own directory.
 """
 
 from __future__ import annotations
@@ -15,7 +20,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
+import tempfile
+import time
+import traceback
 from collections.abc import Sequence
 from typing import Any
 
@@ -55,7 +64,25 @@ def common_flags() -> argparse.ArgumentParser:
         "--report", metavar="HTML", default=None,
         help="save a Dask performance report of the cluster work to this HTML file",
     )
+    common.add_argument("--debug", action="store_true",
+                        help="print the full traceback of a failure on stderr")
     return common
+
+
+#: argument names that hold a store or file path (resolved on the client before any work)
+PATH_DESTS = ("data", "matrix", "model", "path", "out", "plots", "keep", "report", "job",
+              "manifest")
+
+
+def resolve_paths(args: argparse.Namespace) -> argparse.Namespace:
+    """Resolve every path-valued argument in place (absolute local paths, URLs unchanged)."""
+    from mlr_dask.paths import resolve_store
+
+    for dest in PATH_DESTS:
+        v = getattr(args, dest, None)
+        if isinstance(v, str) and v:
+            setattr(args, dest, resolve_store(v))
+    return args
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,21 +134,114 @@ def emit(result: dict[str, Any] | None, as_json: bool) -> None:
         print(f"{key}: {json.dumps(_jsonable(value))}")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+def _what(args: argparse.Namespace | None) -> str:
+    """The command and its input store, for an error line: ``fit-fm on '/data/Y.zarr'``."""
+    if args is None:
+        return "mlr-dask"
+    words = [getattr(args, "command", None), getattr(args, "kind", None),
+             getattr(args, "gam_command", None)]
+    what = " ".join(w for w in words if w)
+    stores = [getattr(args, d) for d in ("data", "matrix", "model", "path")
+              if isinstance(getattr(args, d, None), str)]
+    return what + (f" on {stores[0]!r}" if stores else "")
+
+
+def _log_traceback(exc: BaseException) -> str:
+    """Write the traceback of ``exc`` to a log file; returns its path."""
+    folder = os.environ.get("MLR_DASK_LOG_DIR") or tempfile.gettempdir()
+    path = os.path.join(folder, f"mlr-dask-error-{time.strftime('%Y%m%d-%H%M%S')}-"
+                                f"{os.getpid()}.log")
     try:
-        args = parser.parse_args(argv)
+        with open(path, "w") as f:
+            f.write("".join(traceback.format_exception(exc)))
+    except OSError:
+        return "(no log: cannot write one)"
+    return path
+
+
+def _describe_failure(exc: BaseException, args: argparse.Namespace | None) -> tuple[str, int]:
+    """(one-line message, exit status) for an exception raised while a command ran."""
+    from mlr_dask.cli.run import StageError
+
+    where = _what(args)
+    cause = exc
+    if isinstance(exc, StageError):
+        store = f" on {exc.stores[0]!r}" if exc.stores else ""
+        where = f"stage {exc.stage!r} ({exc.command}{store})"
+        cause = exc.cause
+    if isinstance(cause, InputError):
+        return f"{where}: {cause}", 2
+    lost = _lost_scheduler(cause)
+    if lost:
+        return f"{where}: {lost}", 1
+    if isinstance(cause, MemoryError):
+        return f"{where}: out of memory", 1
+    text = str(cause).strip().splitlines()
+    msg = text[0] if text else ""
+    return f"{where}: {type(cause).__name__}" + (f": {msg}" if msg else ""), 1
+
+
+def _lost_scheduler(exc: BaseException) -> str | None:
+    """A message when ``exc`` means the connection to the scheduler was lost."""
+    names = {type(e).__name__ for e in _chain(exc)}
+    if names & {"CommClosedError", "FutureCancelledError", "CancelledError"}:
         from mlr_dask import cluster
 
-        cluster.SESSION["report"] = getattr(args, "report", None)
-        result = args.func(args)
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
+        address = cluster.SESSION.get("address") or "the scheduler"
+        return (f"lost the Dask scheduler ({address}); start a scheduler and workers and "
+                "rerun the same command (a job resumes from its manifest and checkpoints)")
+    return None
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    out, seen = [], set()
+    while exc is not None and id(exc) not in seen:
+        out.append(exc)
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = None
+    try:
+        try:
+            args = parser.parse_args(argv)
+            resolve_paths(args)
+            from mlr_dask import cluster
+
+            cluster.SESSION["report"] = getattr(args, "report", None)
+            result = args.func(args)
+            emit(result, args.json)
+            sys.stdout.flush()
+        except KeyboardInterrupt:
+            print("error: interrupted", file=sys.stderr)
+            return 130
+        except BrokenPipeError:
+            # the reader of our output went away (e.g. `| head`): stop quietly, one line
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            print("error: output closed before everything was written", file=sys.stderr)
+            return 1
+        except InputError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        except Exception as exc:
+            message, status = _describe_failure(exc, args)
+            if status == 2:
+                print(f"error: {message}", file=sys.stderr)
+                return 2
+            if args is not None and getattr(args, "debug", False):
+                traceback.print_exception(exc, file=sys.stderr)
+                print(f"error: {message}", file=sys.stderr)
+            else:
+                print(f"error: {message} (traceback in {_log_traceback(exc)})",
+                      file=sys.stderr)
+            return status
+    except KeyboardInterrupt:  # a second Ctrl-C while handling the first
         print("error: interrupted", file=sys.stderr)
         return 130
-    emit(result, args.json)
     return 0
 
 

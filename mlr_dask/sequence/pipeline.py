@@ -31,6 +31,26 @@ TIME_LIMITS = {
 }
 
 
+def _check_type(name: str, annotation: str, value: Any) -> Any:
+    """``value`` checked against a field annotation such as ``"int | None"`` (ints are accepted
+    for floats); InputError naming the setting otherwise."""
+    kinds = [k.strip() for k in annotation.split("|")]
+    if value is None and "None" in kinds:
+        return None
+    if "int" in kinds and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if "float" in kinds and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if "str" in kinds and isinstance(value, str):
+        return value
+    if "bool" in kinds and isinstance(value, bool):
+        return value
+    if not ({"int", "float", "str", "bool"} & set(kinds)):
+        return value  # tuples, dicts: checked by validate()
+    want = " or ".join(k for k in kinds)
+    raise InputError(f"setting {name!r} must be {want}, got {value!r}")
+
+
 @dataclass(frozen=True)
 class GamRunConfig:
     """Everything one run needs; validated by :meth:`validate` before any work.
@@ -103,6 +123,9 @@ class GamRunConfig:
         for key in TIME_LIMITS.values():
             if isinstance(d.get(key), str) and d[key].strip().lower() in ("none", "off", ""):
                 d[key] = None
+        for f in fields(cls):
+            if f.name in d:
+                d[f.name] = _check_type(f.name, str(f.type), d[f.name])
         return cls(**d)
 
     @property

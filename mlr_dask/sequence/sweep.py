@@ -5,18 +5,13 @@ Each task runs :func:`~mlr_dask.sequence.pipeline.run_gam` in-process, single-th
 parquet table (rewritten under a temporary name and renamed, so it is always complete), and a
 plot of CE/H against |D| per method is written with matplotlib (Agg).
 
-TOML layout::
+A sweep is a stage of a job file (``pipelines/gam_motif_sweep.toml``) or one command line::
 
-    [sweep]
-    out = "results/gam_sweep"           # table: <out>/results.parquet, plot: <out>/ce_vs_d.png
-    motifs = ["10001010001"]
-    features = ["1001111"]
-    train_sizes = [500, 1000]
-    seeds = [1]
-    methods = ["distill", "dpg"]
+    mlr-dask gam sweep --motifs 10001010001,1000101111 --train-sizes 500,1000 \
+        --methods distill,dpg --out results/gam_sweep --set hidden=32
 
-    [run]                               # any GamRunConfig field, applied to every configuration
-    hidden = 32
+With a distributed client the configurations run as futures across the workers; without one
+(``--scheduler threads``) they run one after another in this process.
 """
 
 from __future__ import annotations
@@ -26,7 +21,6 @@ import json
 import os
 import sys
 import time
-import tomllib
 import traceback
 import uuid
 from dataclasses import dataclass, replace
@@ -36,8 +30,6 @@ import numpy as np
 
 from mlr_dask.errors import InputError
 from mlr_dask.sequence.pipeline import GamRunConfig
-
-SWEEP_KEYS = {"out", "motifs", "features", "train_sizes", "seeds", "methods", "name"}
 
 
 @dataclass(frozen=True)
@@ -58,44 +50,52 @@ class Sweep:
 
 
 def _as_list(v: Any, key: str) -> list:
-    if isinstance(v, list):
+    if isinstance(v, list | tuple):
         if not v:
-            raise InputError(f"sweep.{key} is empty")
-        return v
+            raise InputError(f"sweep option {key!r} is empty")
+        return list(v)
     return [v]
 
 
-def load_sweep(path: str, out_dir: str | None = None) -> Sweep:
-    """Read and validate a sweep TOML (every configuration is validated before any work)."""
-    try:
-        with open(path, "rb") as f:
-            doc = tomllib.load(f)
-    except FileNotFoundError:
-        raise InputError(f"sweep file {path!r} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise InputError(f"cannot parse {path!r}: {exc}") from None
-    sw = doc.get("sweep")
-    if not isinstance(sw, dict):
-        raise InputError(f"{path!r} has no [sweep] table")
-    unknown = sorted(set(sw) - SWEEP_KEYS)
-    if unknown:
-        raise InputError(f"unknown keys in [sweep]: {unknown}")
-    base = GamRunConfig.from_dict(doc.get("run", {}))
+def _ints(v: Any, key: str) -> list[int]:
+    out = []
+    for x in _as_list(v, key):
+        try:
+            out.append(int(x))
+        except (TypeError, ValueError):
+            raise InputError(f"sweep option {key!r}: expected integers, got {x!r}") from None
+    return out
+
+
+def build_sweep(
+    name: str,
+    out_dir: str | None = None,
+    *,
+    motifs: Any = None,
+    features: Any = None,
+    train_sizes: Any = None,
+    seeds: Any = None,
+    methods: Any = None,
+    run: dict[str, Any] | None = None,
+) -> Sweep:
+    """A validated sweep: the grid motifs x features x train_sizes x seeds x methods (each a
+    value or a list; None takes the run default), every configuration built from ``run`` (any
+    :class:`GamRunConfig` field) and validated before any work."""
+    base = GamRunConfig.from_dict(dict(run or {}))
     grid = itertools.product(
-        _as_list(sw.get("motifs", base.motif), "motifs"),
-        _as_list(sw.get("features", base.features), "features"),
-        _as_list(sw.get("train_sizes", base.train_size), "train_sizes"),
-        _as_list(sw.get("seeds", base.seed), "seeds"),
-        _as_list(sw.get("methods", list(base.methods)), "methods"),
+        _as_list(base.motif if motifs is None else motifs, "motifs"),
+        _as_list(base.features if features is None else features, "features"),
+        _ints(base.train_size if train_sizes is None else train_sizes, "train_sizes"),
+        _ints(base.seed if seeds is None else seeds, "seeds"),
+        _as_list(list(base.methods) if methods is None else methods, "methods"),
     )
     configs = []
     for motif, feats, size, seed, method in grid:
-        cfg = replace(base, motif=str(motif), features=str(feats), train_size=int(size),
-                      seed=int(seed), methods=(str(method),))
+        cfg = replace(base, motif=str(motif), features=str(feats), train_size=size,
+                      seed=seed, methods=(str(method),))
         configs.append(cfg.validate())
-    name = str(sw.get("name", os.path.splitext(os.path.basename(path))[0]))
-    out = out_dir or sw.get("out") or os.path.join("results", name)
-    return Sweep(name, str(out), tuple(configs))
+    out = out_dir or os.path.join("results", name)
+    return Sweep(str(name), str(out), tuple(configs))
 
 
 def run_config(cfg: GamRunConfig) -> dict[str, Any]:
@@ -198,8 +198,10 @@ def plot_ce_vs_d(table: Any, path: str, title: str = "") -> None:
     os.replace(tmp, path)
 
 
-def run_sweep(sweep: Sweep, client: Any, quiet: bool = True) -> dict[str, Any]:
-    """Submit every configuration as a Dask task; append rows as they finish; plot at the end."""
+def run_sweep(sweep: Sweep, client: Any = None, quiet: bool = True) -> dict[str, Any]:
+    """Run every configuration (a Dask task each with a distributed ``client``, else in this
+    process one after another); append rows as they finish; plot at the end. Publishes a
+    ``sweep`` event per finished configuration."""
     import pandas as pd
     from distributed import as_completed
     from tqdm.auto import tqdm
@@ -207,16 +209,25 @@ def run_sweep(sweep: Sweep, client: Any, quiet: bool = True) -> dict[str, Any]:
     os.makedirs(sweep.out_dir, exist_ok=True)
     run_id = uuid.uuid4().hex[:12]
     t0 = time.perf_counter()
-    futures = [client.submit(run_config, cfg, pure=False) for cfg in sweep.configs]
-    bar = tqdm(total=len(futures), desc=f"sweep {sweep.name}", file=sys.stderr, disable=quiet)
+    from mlr_dask import events
+
+    total = len(sweep.configs)
+    if client is not None:
+        futures = [client.submit(run_config, cfg, pure=False) for cfg in sweep.configs]
+        rows = (fut.result() for fut in as_completed(futures))
+    else:  # no cluster: one configuration after another in this process
+        rows = (run_config(cfg) for cfg in sweep.configs)
+    bar = tqdm(total=total, desc=f"sweep {sweep.name}", file=sys.stderr, disable=quiet)
     failed = 0
-    for fut in as_completed(futures):
-        row = fut.result()
+    for done, row in enumerate(rows, start=1):
         row["run_id"] = run_id
         row["finished_at"] = time.time()
         failed += bool(row["error"])
         append_rows(sweep.table_path, [row])
         bar.update(1)
+        events.publish("sweep", done, total, motif=row["motif"], train_size=row["train_size"],
+                       method=row["method"], ce_pi_over_h=row.get("ce_pi_over_h"),
+                       error=row["error"] or None)
     bar.close()
     wall = time.perf_counter() - t0
     table = pd.read_parquet(sweep.table_path)

@@ -40,7 +40,7 @@ def _run(argv, capsys):
         (["gam", "run", "--set", "nonsense=1", "--quiet"], "unknown configuration"),
         (["gam", "run", "--train-size", "abc"], "invalid int"),
         (["gam", "frobnicate"], "invalid choice"),
-        (["gam", "sweep", "/nonexistent/sweep.toml"], "does not exist"),
+        (["gam", "sweep", "--train-sizes", "60,x", "--quiet"], "train_sizes"),
     ],
 )
 def test_bad_input_exit_2(argv, needle, capsys):
@@ -62,11 +62,16 @@ def test_train_size_larger_than_data_file(tmp_path, capsys):
     assert code == 2 and "larger than the 100" in err
 
 
-def test_sweep_config_validation(tmp_path, capsys):
-    bad = tmp_path / "bad.toml"
-    bad.write_text('[sweep]\nmotifs = ["10001010001", "12"]\n')
-    code, _, err = _run(["gam", "sweep", str(bad)], capsys)
+def test_sweep_config_validation(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = _run(["gam", "sweep", "--motifs", "10001010001,12", "--quiet"], capsys)
     assert code == 2 and "alphabet" in err
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[stage]]\nname = "sweep"\ncommand = "gam sweep"\n'
+                   'options = { motifs = ["0110"], set = { dpg_steps = "abc" } }\n')
+    code, _, err = _run(["run", str(bad), "--quiet"], capsys)
+    assert code == 2 and "dpg_steps" in err and len(err.strip().splitlines()) == 1
+    assert "stage 'sweep'" in err and sorted(os.listdir(tmp_path)) == ["bad.toml"]
 
 
 def test_tiny_run_json(tmp_path, capsys, scheduler):
@@ -148,11 +153,12 @@ def test_bad_time_limit_exit_2(capsys):
 def test_tiny_sweep(tmp_path, capsys, scheduler):
     pytest.importorskip("torch")
     pytest.importorskip("pyarrow")
-    cfg = os.path.join(REPO, "pipelines", "gam_motif_sweep_small.toml")
-    code, out, _ = _run(["gam", "sweep", cfg, "--out", str(tmp_path), "--scheduler", scheduler,
+    job = os.path.join(REPO, "pipelines", "gam_motif_sweep_small.toml")
+    code, out, _ = _run(["run", job, "--set", f"sweep.out={json.dumps(str(tmp_path))}",
+                         "--manifest", str(tmp_path / "m.json"), "--scheduler", scheduler,
                          "--json", "--quiet"], capsys)
     assert code == 0
-    res = json.loads(out)
+    res = json.loads(out)["stages"][0]["result"]
     assert res["configurations"] == 2 and res["failed"] == 0
     import pandas as pd
 
