@@ -13,3 +13,8 @@ class InputError(ValueError):
 
 class FormatError(InputError):
     """A store on disk is missing, has an unknown layout or an unsupported format version."""
+
+
+class DataError(InputError):
+    """A store's data are damaged or incomplete (a missing chunk, a bad checksum, a chunk that
+    does not decode); the message names the store, the array and the chunk."""

@@ -374,9 +374,13 @@ class Hierarchy:
         return cls(bounds, perm, level_names=level_names)
 
     def write_zarr(self, group: Any) -> None:
-        """Store into a (new, empty) zarr group."""
+        """Store into a (new, empty) zarr group: ``perm`` (dim ``item``) and ``bounds_i`` (dim
+        ``bounds_i_edge``, one dim per level so that xarray reads the group), checksummed."""
+        from mlr_dask.io import create_array
+
         for key, arr in self.to_dict().items():
-            group.create_array(key, data=arr)
+            create_array(group, key, data=arr, dims=("item",) if key == "perm" else
+                         (f"{key}_edge",))
         group.attrs["n_levels"] = self.n_levels
         if self.level_names is not None:
             group.attrs["level_names"] = list(self.level_names)

@@ -412,19 +412,25 @@ class MLRMatrix(spla.LinearOperator):
             raise np.linalg.LinAlgError(f"{what}: the matrix is singular to working precision")
 
     # ------------------------------------------------------------------ storage
-    def save(self, path: str | os.PathLike, *, overwrite: bool = True) -> None:
-        """Write to a zarr group (format ``mlr-matrix``, version 1); atomic (temp + rename)."""
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> None:
+        """Write to a zarr group (format ``mlr-matrix``, version 1); atomic (temp + rename) for
+        a local path. An existing ``path`` is refused unless it is an ``mlr-matrix`` store and
+        ``overwrite`` (see :func:`mlr_dask.io.check_output`)."""
         with atomic_group(path, FORMAT, FORMAT_VERSION, overwrite=overwrite) as g:
             self.write_zarr(g)
 
     def write_zarr(self, g: Any) -> None:
-        """Store the factors and hierarchies into an existing, empty zarr group."""
+        """Store the factors and hierarchies into an existing, empty zarr group: ``B`` (dims
+        ``row``, ``factor``), ``C`` (``col``, ``factor``) unless symmetric, in hierarchy order;
+        subgroups ``rows`` / ``cols``; checksummed (:func:`mlr_dask.io.create_array`)."""
+        from mlr_dask.io import create_array
+
         g.attrs["ranks"] = list(self.ranks)
         g.attrs["shape"] = list(self.shape)
         g.attrs["symmetric"] = self.symmetric
-        g.create_array("B", data=self.B)
+        create_array(g, "B", data=self.B, dims=("row", "factor"))
         if not self.symmetric:
-            g.create_array("C", data=self.C)
+            create_array(g, "C", data=self.C, dims=("col", "factor"))
         self.rows.write_zarr(g.create_group("rows"))
         if not self.symmetric:
             self.cols.write_zarr(g.create_group("cols"))

@@ -1,9 +1,12 @@
-"""``mlr-dask info`` and ``mlr-dask generate mlr``."""
+"""``mlr-dask info`` and ``mlr-dask generate mlr``.
+
+``info`` describes an mlr-dask store (format, attributes, arrays with their dimensions, nested
+groups) or any xarray zarr store (variables, dimensions, coordinates, attributes).
+"""
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,7 +17,7 @@ from mlr_dask.io import FORMAT_KEY, VERSION_KEY
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("info", parents=[common], help="describe what is in a zarr store")
-    p.add_argument("path", help="a zarr store written by mlr-dask")
+    p.add_argument("path", help="a zarr store written by mlr-dask, or an xarray zarr store")
     p.set_defaults(func=run_info)
 
 
@@ -33,6 +36,8 @@ def register_generate(gen: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--float32", action="store_true", help="store A as float32")
     p.add_argument("--out", required=True, help="output zarr path")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out when it is a matrix store written by mlr-dask")
     p.set_defaults(func=run_generate_mlr)
 
 
@@ -45,7 +50,8 @@ def _describe(group: Any) -> dict[str, Any]:
         return {"hierarchy": {"n": h.n, "n_blocks": list(h.n_blocks),
                               "level_names": h.level_names}}
     arrays = {
-        name: {"shape": list(a.shape), "dtype": str(a.dtype), "chunks": list(a.chunks)}
+        name: {"shape": list(a.shape), "dtype": str(a.dtype), "chunks": list(a.chunks),
+               "dims": list(a.metadata.dimension_names or ()) or None}
         for name, a in group.arrays()
     }
     groups = {name: _describe(g) for name, g in group.groups()}
@@ -58,30 +64,59 @@ def _describe(group: Any) -> dict[str, Any]:
     return out
 
 
+def _describe_xarray(loc: str) -> dict[str, Any] | None:
+    """Variables, dimensions, coordinates and attributes of an xarray zarr store (no data
+    read); None when xarray cannot open it or it holds no variable."""
+    import xarray as xr
+
+    try:
+        ds = xr.open_zarr(loc, consolidated=False)
+    except Exception:
+        return None
+    if not ds.variables:
+        return None
+
+    def var(v: Any) -> dict[str, Any]:
+        return {"dims": list(v.dims), "shape": list(v.shape), "dtype": str(v.dtype)}
+
+    return {
+        "format": "xarray",
+        "dims": {str(k): int(n) for k, n in ds.sizes.items()},
+        "coords": {str(k): var(v) for k, v in ds.coords.items()},
+        "data_vars": {str(k): var(v) for k, v in ds.data_vars.items()},
+        "attrs": {str(k): v for k, v in ds.attrs.items()},
+    }
+
+
 def run_info(args: argparse.Namespace) -> dict[str, Any]:
     import zarr
 
-    path = Path(args.path)
-    if not path.exists():
-        raise FormatError(f"no such store: {str(path)!r}")
+    from mlr_dask.io import open_group, store_kind
+    from mlr_dask.paths import resolve_store, store_exists
+
+    loc = resolve_store(args.path)
+    if not store_exists(loc):
+        raise FormatError(f"no such store: {loc!r}")
+    if store_kind(loc) is not None:
+        return {"path": loc, **_describe(open_group(loc, max_version=10**6))}
     try:
-        group = zarr.open_group(str(path), mode="r")
+        zarr.open_group(loc, mode="r")
     except Exception as exc:
-        raise FormatError(f"{str(path)!r} is not a zarr group ({type(exc).__name__})") from None
-    desc = _describe(group)
-    if "format" not in desc:
-        raise FormatError(f"{str(path)!r} is a zarr group but not an mlr-dask store")
-    return {"path": str(path), **desc}
+        raise FormatError(f"{loc!r} is not a zarr group ({type(exc).__name__})") from None
+    desc = _describe_xarray(loc)
+    if desc is None:
+        raise FormatError(f"{loc!r} is a zarr group but not an mlr-dask store, nor an xarray "
+                          "store with variables")
+    return {"path": loc, **desc}
 
 
 def run_generate_mlr(args: argparse.Namespace) -> dict[str, Any]:
     from mlr_dask.datasets.mlr import mlr_plus_noise, write_matrix_store
+    from mlr_dask.io import check_output
 
     if args.n < 2 or (args.n_cols is not None and args.n_cols < 2):
         raise InputError("--n and --n-cols must be at least 2")
-    out = Path(args.out)
-    if not out.parent.exists():
-        raise InputError(f"output directory {str(out.parent)!r} does not exist")
+    out = check_output(args.out, "matrix", overwrite=args.overwrite, what="--out")
     truth, A = mlr_plus_noise(
         args.n, args.n_cols, rank=args.rank, n_levels=args.levels, noise=args.noise,
         rng=args.seed,
@@ -93,7 +128,7 @@ def run_generate_mlr(args: argparse.Namespace) -> dict[str, Any]:
     write_matrix_store(
         out, A_hier, kind="mlr+noise", rows=truth.rows, cols=truth.cols, truth=truth,
         attrs={"ranks": list(truth.ranks), "noise": args.noise, "seed": args.seed,
-               "noise_rel_norm": rel},
+               "noise_rel_norm": rel}, overwrite=args.overwrite,
     )
     return {"out": str(out), "shape": list(A.shape), "ranks": list(truth.ranks),
             "n_blocks": list(truth.rows.n_blocks), "noise_rel_norm": rel}

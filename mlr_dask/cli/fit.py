@@ -62,6 +62,8 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
                    help="rows/cols per chunk on the Dask path (default 4096)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", metavar="MODEL", default=None, help="write the model (zarr)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out when it is an MLR model store written by mlr-dask")
     p.add_argument("--plots", metavar="DIR", default=None, help="write PNG plots into DIR")
     p.set_defaults(func=run_fit)
 
@@ -159,6 +161,11 @@ def run_fit(args: argparse.Namespace) -> dict[str, Any]:
         raise InputError("--partition given needs a store with stored hierarchies")
     if not np.isfinite(args.tol) or args.tol < 0:
         raise InputError("--tol must be a finite non-negative number")
+    if args.out is not None:
+        from mlr_dask.io import check_output
+
+        check_output(args.out, "mlr-matrix", overwrite=args.overwrite, inputs=[args.matrix],
+                     what="--out")
     out = _check_output(args.out, "--out")
     plots = _check_output(args.plots, "--plots")
     progress = _Progress(args.quiet)
@@ -218,7 +225,8 @@ def run_fit(args: argparse.Namespace) -> dict[str, Any]:
     if out is not None:
         from mlr_dask.io import atomic_group
 
-        with atomic_group(out, "mlr-matrix", 1) as g:
+        with atomic_group(out, "mlr-matrix", 1, overwrite=args.overwrite,
+                          inputs=[args.matrix]) as g:
             M.write_zarr(g)
             g.attrs["fit"] = json.loads(json.dumps({
                 "rel_error": h["rel_error"], "rank_moves": h.get("rank_moves", []),
@@ -239,6 +247,8 @@ def register_generate(gen_subparsers: Any, common: argparse.ArgumentParser) -> N
         p.add_argument("--seed", type=int, required=True)
         p.add_argument("--out", required=True, help="output store (zarr)")
         p.add_argument("--chunk", type=_positive_int, default=2048, help="zarr chunk side")
+        p.add_argument("--overwrite", action="store_true",
+                       help="replace --out when it is a matrix store written by mlr-dask")
         p.set_defaults(func=run_generate, gen_kind=kind)
 
 
@@ -250,13 +260,16 @@ def run_generate(args: argparse.Namespace) -> dict[str, Any]:
     n = args.n
     m = getattr(args, "m", None) or n
     _check(m, n)
-    out = _check_output(args.out, "--out")
+    from mlr_dask.io import check_output
+
+    out = check_output(args.out, "matrix", overwrite=args.overwrite, what="--out")
     if kind in ("dgt", "radial"):
         A = GENERATORS[kind](m, n, seed=args.seed)
         params = {"m": m, "n": n, "seed": args.seed}
     else:
         A = GENERATORS[kind](n, seed=args.seed)
         params = {"n": n, "seed": args.seed}
-    write_matrix_store(out, A, kind=kind, attrs=params, chunk=args.chunk)
+    write_matrix_store(out, A, kind=kind, attrs=params, chunk=args.chunk,
+                       overwrite=args.overwrite)
     return {"out": str(out), "kind": kind, "shape": list(A.shape),
             "fro_norm": float(np.linalg.norm(A))}

@@ -34,6 +34,8 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--ranks", type=_ints, required=True, help="one rank per factor level, e.g. "
                    "30,20,10,5,4")
     p.add_argument("--out", required=True, help="output model store (zarr)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out when it is a model (or checkpoint) store of mlr-dask")
     p.add_argument("--max-iter", type=int, default=20)
     p.add_argument("--tol", type=float, default=1e-6,
                    help="stop when the log-likelihood grows by less than tol * |loglike|")
@@ -77,6 +79,8 @@ def register_generate(gen: Any, common: argparse.ArgumentParser) -> None:
                    "(a multiple of 16 keeps the levels nested)")
     p.add_argument("--float32", action="store_true", help="store Y as float32")
     p.add_argument("--out", required=True, help="output zarr store")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out when it is an fm-data store written by mlr-dask")
     p.set_defaults(func=run_generate_fm)
 
 
@@ -115,11 +119,15 @@ def run_fit_fm(args: argparse.Namespace) -> dict[str, Any]:
         raise InputError("--max-iter must be >= 0")
     if args.checkpoint_every < 0:
         raise InputError("--checkpoint-every must be >= 0")
-    out = Path(args.out)
-    if not out.parent.exists():
-        raise InputError(f"output directory {str(out.parent)!r} does not exist")
     if args.resume and not args.checkpoint_every:
         raise InputError("--resume needs --checkpoint-every")
+    from mlr_dask.io import check_output, store_kind
+
+    out = Path(check_output(args.out, "fm-model", overwrite=args.overwrite, inputs=[args.data],
+                            what="--out"))
+    if store_kind(out) == "fm-checkpoints" and not (args.resume or args.overwrite):
+        raise InputError(f"--out {str(out)!r} holds the checkpoints of an unfinished fit; use "
+                         "--resume to continue it or --overwrite to start again")
     data, hier = _open_input(args)
     model = MultilevelFactorModel(hier, args.ranks, max_iter=args.max_iter, tol=args.tol,
                                   init=args.init, random_state=args.seed,
@@ -152,7 +160,7 @@ def run_fit_fm(args: argparse.Namespace) -> dict[str, Any]:
         if log["file"] is not None:
             log["file"].close()
     total = time.perf_counter() - t0
-    model.save(out)
+    model.save(out, overwrite=args.overwrite)
     secs = model.iter_seconds_
     return {
         "out": str(out),
@@ -193,10 +201,9 @@ def run_score(args: argparse.Namespace) -> dict[str, Any]:
 def run_generate_fm(args: argparse.Namespace) -> dict[str, Any]:
     from mlr_dask.fm import MultilevelFactorModel
     from mlr_dask.fm.data import generate_fm, write_fm
+    from mlr_dask.io import check_output
 
-    out = Path(args.out)
-    if not out.parent.exists():
-        raise InputError(f"output directory {str(out.parent)!r} does not exist")
+    out = check_output(args.out, "fm-data", overwrite=args.overwrite, what="--out")
     if args.n < 2 or args.samples < 2:
         raise InputError("--n and --samples must be at least 2")
     if len(args.ranks) != len(args.points):
@@ -208,7 +215,8 @@ def run_generate_fm(args: argparse.Namespace) -> dict[str, Any]:
     attrs = {"seed": args.seed, "points": args.points, "leaves": args.leaves,
              "true_loglike_train": truth.score(prob.Y),
              "true_loglike_test": truth.score(prob.Y_test)}
-    write_fm(out, prob, dtype=np.float32 if args.float32 else np.float64, attrs=attrs)
+    write_fm(out, prob, dtype=np.float32 if args.float32 else np.float64, attrs=attrs,
+             overwrite=args.overwrite)
     return {"out": str(out), "n_features": args.n, "n_samples": args.samples,
             "n_test": int(prob.Y_test.shape[0]), "ranks": list(prob.ranks),
             "n_groups": list(prob.hierarchy.n_blocks),

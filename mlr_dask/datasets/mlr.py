@@ -84,19 +84,22 @@ def write_matrix_store(
     truth: MLRMatrix | None = None,
     attrs: dict[str, Any] | None = None,
     chunk: int = 2048,
+    overwrite: bool = False,
 ) -> None:
-    """Write a dense matrix store (format ``matrix`` v1): array ``A`` in hierarchy order when
-    ``rows``/``cols`` are given (their ``perm`` maps stored positions to original indices),
-    optional true factors under ``truth``. Written under a temporary name, then renamed."""
-    from mlr_dask.io import atomic_group
+    """Write a dense matrix store (format ``matrix`` v1): array ``A`` (dims ``row``, ``col``;
+    zstd + crc32c) in hierarchy order when ``rows``/``cols`` are given (their ``perm`` maps
+    stored positions to original indices), optional true factors under ``truth``. Written
+    under a temporary name, then renamed; an existing ``path`` is refused unless it is a
+    ``matrix`` store and ``overwrite`` (:func:`mlr_dask.io.check_output`)."""
+    from mlr_dask.io import atomic_group, create_array
 
-    with atomic_group(path, "matrix", 1) as g:
+    with atomic_group(path, "matrix", 1, overwrite=overwrite) as g:
         g.attrs["kind"] = kind
         for key, value in (attrs or {}).items():
             g.attrs[key] = value
         m, n = A_hier.shape
-        arr = g.create_array("A", shape=(m, n), dtype=A_hier.dtype,
-                             chunks=(min(chunk, m), min(chunk, n)))
+        arr = create_array(g, "A", shape=(m, n), dtype=A_hier.dtype, dims=("row", "col"),
+                           chunks=(min(chunk, m), min(chunk, n)))
         arr[:] = A_hier
         if rows is not None:
             rows.write_zarr(g.create_group("rows"))

@@ -4,7 +4,13 @@ While a fit runs with checkpoints, its output path is a zarr group of format ``f
 (version 1). Each checkpoint is a new subgroup ``iter_NNNNNN`` (written under a temporary name
 and renamed into place), then the marker file ``latest.json`` is replaced atomically to name it;
 older checkpoint groups are then removed. Resume reads the marker. When the fit ends, the final
-model replaces the whole store (:meth:`MultilevelFactorModel.save`).
+model replaces the whole store (:meth:`MultilevelFactorModel.save`; an ``fm-model`` may replace
+``fm-checkpoints``, see :data:`mlr_dask.io.SUPERSEDES`).
+
+Arrays ``F`` (dims ``feature``, ``factor``), ``D`` and ``mean`` (``feature``) are written by
+:func:`mlr_dask.io.create_array` (checksummed, named dimensions), so a checkpoint opens with
+``xarray.open_zarr(path, group="iter_NNNNNN", consolidated=False)``. Checkpoints need a local
+directory (they rely on rename).
 """
 
 from __future__ import annotations
@@ -18,9 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from mlr_dask.errors import FormatError, InputError
+from mlr_dask.errors import DataError, FormatError, InputError
 from mlr_dask.fm.em import FMState
-from mlr_dask.io import FORMAT_KEY, VERSION_KEY
+from mlr_dask.io import FORMAT_KEY, VERSION_KEY, check_array, check_output, create_array, store_kind
+from mlr_dask.paths import is_url, resolve_store
 
 __all__ = ["CKPT_FORMAT", "prepare", "write_checkpoint", "read_checkpoint"]
 
@@ -29,13 +36,11 @@ CKPT_VERSION = 1
 MARKER = "latest.json"
 
 
-def _kind(path: Path) -> str | None:
-    import zarr
-
-    try:
-        return zarr.open_group(str(path), mode="r").attrs.get(FORMAT_KEY)
-    except Exception:
-        return None
+def _local(path: str | os.PathLike) -> Path:
+    loc = resolve_store(path)
+    if is_url(loc):
+        raise InputError(f"checkpoints need a local directory, got {loc!r}")
+    return Path(loc)
 
 
 def prepare(
@@ -47,23 +52,27 @@ def prepare(
     were checked) replace whatever checkpoints are there by an empty store."""
     import zarr
 
-    p = Path(path)
-    if p.exists():
-        kind = _kind(p)
+    p = _local(path)
+    if p.exists() or p.is_symlink():
+        if not p.is_dir():
+            raise InputError(f"{str(p)!r} is a file, not a checkpoint store")
+        kind = store_kind(p)
         if kind != CKPT_FORMAT:
             if kind is None:
-                raise InputError(f"{str(p)!r} exists and is not an mlr-dask store")
+                raise InputError(f"{str(p)!r} exists and is not an mlr-dask store; refusing to "
+                                 "write checkpoints into it")
             raise InputError(
-                f"{str(p)!r} holds a finished {kind!r}, not checkpoints; remove it first"
+                f"{str(p)!r} holds a finished {kind!r}, not checkpoints; checkpoints would "
+                "replace it before the fit ends: write to a new path or remove it first"
             )
         if not create:
             return read_checkpoint(p, meta) if resume else None
+        check_output(p, CKPT_FORMAT, overwrite=True, what="checkpoint store")
         shutil.rmtree(p)
     elif not create:
-        if not p.parent.exists():
-            raise InputError(f"output directory {str(p.parent)!r} does not exist")
+        check_output(p, CKPT_FORMAT, what="checkpoint store")  # parent exists and is writable
         return None
-    g = zarr.open_group(str(p), mode="w")
+    g = zarr.open_group(str(p), mode="w", zarr_format=3)
     g.attrs[FORMAT_KEY] = CKPT_FORMAT
     g.attrs[VERSION_KEY] = CKPT_VERSION
     g.attrs["meta"] = meta
@@ -74,13 +83,13 @@ def write_checkpoint(path: str | os.PathLike, state: FMState) -> str:
     """Write ``state`` as a new checkpoint group and point the marker at it; returns its name."""
     import zarr
 
-    p = Path(path)
+    p = _local(path)
     name = f"iter_{state.n_iter:06d}"
     tmp = p / f".tmp-{name}-{uuid.uuid4().hex[:8]}"
-    g = zarr.open_group(str(tmp), mode="w")
-    g.create_array("F", data=state.F)
-    g.create_array("D", data=state.D)
-    g.create_array("mean", data=state.mean)
+    g = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+    create_array(g, "F", data=state.F, dims=("feature", "factor"))
+    create_array(g, "D", data=state.D, dims=("feature",))
+    create_array(g, "mean", data=state.mean, dims=("feature",))
     g.attrs["n_iter"] = state.n_iter
     g.attrs["loglike"] = list(state.loglike)
     g.attrs["loglike_init"] = state.loglike_init
@@ -98,14 +107,15 @@ def write_checkpoint(path: str | os.PathLike, state: FMState) -> str:
 
 
 def read_checkpoint(path: str | os.PathLike, meta: dict[str, Any] | None = None) -> FMState | None:
-    """The state named by the marker, or None when no checkpoint was completed."""
-    import zarr
+    """The state named by the marker, or None when no checkpoint was completed. Read through
+    the checked store of :mod:`mlr_dask.io`: a missing or damaged chunk raises DataError."""
+    from mlr_dask.io import open_group
 
-    p = Path(path)
+    p = _local(path)
     marker = p / MARKER
     if not marker.exists():
         return None
-    root = zarr.open_group(str(p), mode="r")
+    root = open_group(p, CKPT_FORMAT, CKPT_VERSION, verify=False)
     if meta is not None and root.attrs.get("meta") != meta:
         raise InputError(
             f"the checkpoints in {str(p)!r} are of another fit ({root.attrs.get('meta')}); "
@@ -113,11 +123,17 @@ def read_checkpoint(path: str | os.PathLike, meta: dict[str, Any] | None = None)
         )
     try:
         name = json.loads(marker.read_text())["group"]
-        g = zarr.open_group(str(p / name), mode="r")
+        g = root[name]
+        arrays = {k: g[k] for k in ("F", "D", "mean")}
+        for k, a in arrays.items():
+            check_array(a, f"{name}/{k}")
         return FMState.from_F(
-            np.asarray(g["F"][:]), D=np.asarray(g["D"][:]), mean=np.asarray(g["mean"][:]),
+            np.asarray(arrays["F"][:]), D=np.asarray(arrays["D"][:]),
+            mean=np.asarray(arrays["mean"][:]),
             n_iter=int(g.attrs["n_iter"]), loglike=tuple(g.attrs["loglike"]),
             loglike_init=float(g.attrs["loglike_init"]),
         )
+    except DataError:
+        raise
     except (KeyError, ValueError, OSError) as exc:
         raise FormatError(f"checkpoint in {str(p)!r} is unreadable: {exc}") from None

@@ -79,10 +79,11 @@ class DaskRunner:
 
 def read_block(path: str, name: str, start: int, stop: int) -> np.ndarray:
     """Columns ``[start, stop)`` (all rows) of array ``name`` of the zarr group at ``path``:
-    read by the task itself, with no intermediate Dask chunks."""
-    import zarr
+    read by the task itself, with no intermediate Dask chunks. A missing or damaged chunk raises
+    DataError naming the store, the array and the chunk."""
+    from mlr_dask.io import open_array, read_region
 
-    return zarr.open_group(path, mode="r")[name][:, start:stop]
+    return read_region(open_array(path, name), (slice(None), slice(start, stop)), name=name)
 
 
 def _read_and_run(source: tuple[str, str], start: int, stop: int, task: Callable,

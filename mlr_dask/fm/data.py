@@ -121,23 +121,27 @@ def generate_fm(
 
 
 def write_fm(path: str | os.PathLike, problem: FMProblem, *, dtype: Any = np.float64,
-             attrs: dict | None = None, chunk_bytes: int = 8 * 2**20) -> None:
-    """Write a problem as an ``fm-data`` store (atomically): ``Y``, ``Y_test``, ``features``
-    and the true model in ``truth`` (an ``fm-model`` group). The zarr chunks hold all samples
-    and as many features as the smallest leaf (so equal leaves align with chunks), at most
-    ``chunk_bytes`` each; they are stored uncompressed (Gaussian data do not compress, and a
-    reader then needs no decompression buffers)."""
+             attrs: dict | None = None, chunk_bytes: int = 8 * 2**20,
+             overwrite: bool = False) -> None:
+    """Write a problem as an ``fm-data`` store (atomically): ``Y`` (dims ``sample``,
+    ``feature``), ``Y_test`` (``test_sample``, ``feature``), ``features`` and the true model in
+    ``truth`` (an ``fm-model`` group). The zarr chunks hold all samples and as many features as
+    the smallest leaf (so equal leaves align with chunks), at most ``chunk_bytes`` each; they
+    are not compressed (Gaussian data do not compress, and a reader then needs no
+    decompression buffers) but carry a crc32c checksum. An existing ``path`` is refused unless
+    it is an ``fm-data`` store and ``overwrite`` (:func:`mlr_dask.io.check_output`)."""
     from mlr_dask.fm.inputs import DATA_FORMAT, DATA_VERSION
     from mlr_dask.fm.model import write_model_group
-    from mlr_dask.io import atomic_group
+    from mlr_dask.io import atomic_group, create_array
 
     N, n = problem.Y.shape
     cap = max(1, chunk_bytes // (np.dtype(dtype).itemsize * N))
     width = int(max(1, min(n, cap, int(problem.hierarchy.block_sizes(-1).min()))))
-    with atomic_group(path, DATA_FORMAT, DATA_VERSION) as g:
-        for name, arr in (("Y", problem.Y), ("Y_test", problem.Y_test)):
-            a = g.create_array(name, shape=arr.shape, dtype=dtype,
-                               chunks=(arr.shape[0], width), compressors=None)
+    with atomic_group(path, DATA_FORMAT, DATA_VERSION, overwrite=overwrite) as g:
+        for name, arr, dim in (("Y", problem.Y, "sample"),
+                               ("Y_test", problem.Y_test, "test_sample")):
+            a = create_array(g, name, shape=arr.shape, dtype=dtype, dims=(dim, "feature"),
+                             chunks=(arr.shape[0], width), compress=False)
             a[...] = arr.astype(dtype)
         problem.hierarchy.write_zarr(g.create_group("features"))
         write_model_group(g.create_group("truth"), problem.hierarchy, problem.ranks,
