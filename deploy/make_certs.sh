@@ -11,10 +11,11 @@
 #   client.pem, client-key.pem    clients: whoever holds this pair can run code on the cluster
 #
 # The cluster certificate names localhost, 127.0.0.1, scheduler (the compose service),
-# mlr-dask-scheduler (the Kubernetes service) and every extra HOSTNAME_OR_IP given; Dask does
-# not check host names (every process must present a certificate of this authority instead),
-# the names help other tools. Keys are readable by their owner only. An OUTDIR that already
-# holds ca.pem is refused unless -f is given. DAYS defaults to 365.
+# mlr-dask-scheduler and mlr-dask-job-scheduler (the Kubernetes services) and every extra
+# HOSTNAME_OR_IP given; Dask does not check host names (every process must present a
+# certificate of this authority instead), the names help other tools. Keys are readable by
+# their owner only. An OUTDIR that already holds ca.pem is refused unless -f is given. DAYS
+# defaults to 365.
 set -eu
 
 days=365
@@ -23,7 +24,7 @@ while getopts "d:fh" opt; do
     case "$opt" in
         d) days="$OPTARG" ;;
         f) force=1 ;;
-        h) sed -n '2,17p' "$0"; exit 0 ;;
+        h) sed -n '2,18p' "$0"; exit 0 ;;
         *) echo "usage: $0 [-d DAYS] [-f] OUTDIR [HOSTNAME_OR_IP ...]" >&2; exit 2 ;;
     esac
 done
@@ -44,7 +45,7 @@ if [ -e "$out/ca.pem" ] && [ "$force" -ne 1 ]; then
     exit 2
 fi
 
-san="DNS:localhost,IP:127.0.0.1,DNS:scheduler,DNS:mlr-dask-scheduler"
+san="DNS:localhost,IP:127.0.0.1,DNS:scheduler,DNS:mlr-dask-scheduler,DNS:mlr-dask-job-scheduler"
 for name in "$@"; do
     case "$name" in
         *[!0-9.]*) case "$name" in *:*) san="$san,IP:$name" ;; *) san="$san,DNS:$name" ;; esac ;;

@@ -36,16 +36,15 @@ def make_certs(out: Path) -> Path:
     return out
 
 
-def tls_env(certs: Path, role: str) -> dict[str, str]:
-    """Environment of a process of ``role`` (scheduler, worker, client) of the TLS cluster."""
+def tls_env(certs: Path, role: str, inline: bool = False) -> dict[str, str]:
+    """Environment of a process of ``role`` (scheduler, worker, client) of the TLS cluster:
+    file names, or with ``inline`` the PEM text itself (as the Helm values pass it)."""
     pair = "client" if role == "client" else "cluster"
     key = f"DASK_DISTRIBUTED__COMM__TLS__{role.upper()}"
-    return {
-        "DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION": "True",
-        "DASK_DISTRIBUTED__COMM__TLS__CA_FILE": str(certs / "ca.pem"),
-        f"{key}__CERT": str(certs / f"{pair}.pem"),
-        f"{key}__KEY": str(certs / f"{pair}-key.pem"),
-    }
+    files = {"DASK_DISTRIBUTED__COMM__TLS__CA_FILE": certs / "ca.pem",
+             f"{key}__CERT": certs / f"{pair}.pem", f"{key}__KEY": certs / f"{pair}-key.pem"}
+    env = {k: f.read_text() if inline else str(f) for k, f in files.items()}
+    return {"DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION": "True", **env}
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -61,15 +60,18 @@ def free_port() -> int:
 
 
 def stop(procs: list[subprocess.Popen]) -> None:
-    """Stop the workers, then the scheduler (a worker whose scheduler is gone waits for it)."""
-    for p in reversed(procs):
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-        try:
-            p.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+    """Stop the workers (procs[1:]), then the scheduler (procs[0]): a worker whose scheduler
+    is gone waits for it."""
+    for group in (procs[1:], procs[:1]):
+        for p in group:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in group:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
 
 
 @pytest.fixture(scope="module")
@@ -93,12 +95,19 @@ def tls_cluster(tmp_path_factory):
             cwd=cluster_dir, env=clean_env(**tls_env(certs, "scheduler")),
             stdout=logs[0], stderr=subprocess.STDOUT,
         ))
-        for i in (1, 2):
+        # worker 1 as compose and the operator start it (certificate files); worker 2 as the
+        # Helm values do (PEM text in the environment, an address without a scheme)
+        for i, target, env in (
+            (1, address, tls_env(certs, "worker")),
+            (2, address.removeprefix("tls://"),
+             {**tls_env(certs, "worker", inline=True),
+              "DASK_DISTRIBUTED__COMM__DEFAULT_SCHEME": "tls"}),
+        ):
             procs.append(subprocess.Popen(
-                [DASK, "worker", address, "--host", "127.0.0.1", "--nthreads", "1",
+                [DASK, "worker", target, "--host", "127.0.0.1", "--nthreads", "1",
                  "--memory-limit", "1GiB", "--no-dashboard", "--name", f"w{i}",
                  "--local-directory", str(cluster_dir)],
-                cwd=cluster_dir, env=clean_env(**tls_env(certs, "worker")),
+                cwd=cluster_dir, env=clean_env(**env),
                 stdout=logs[i], stderr=subprocess.STDOUT,
             ))
         security = Security(
