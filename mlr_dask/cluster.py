@@ -124,9 +124,11 @@ def connect(
     else:
         import dask
 
-        with dask.config.set(OUT_OF_CORE_CONFIG if out_of_core else {}), _no_sigint():
+        preload = list(dask.config.get("distributed.worker.preload", []) or [])
+        with dask.config.set({**(OUT_OF_CORE_CONFIG if out_of_core else {}),
+                              "distributed.worker.preload": [*preload, "mlr_dask.embedded"]}):
             cluster = _local_cluster(n_workers, threads_per_worker, processes, memory_limit)
-            client = Client(cluster)
+        client = Client(cluster)
     try:
         if not quiet:
             print(f"dask dashboard: {client.dashboard_link}", file=sys.stderr)
@@ -162,25 +164,6 @@ def worker_count(client: Any) -> int:
     return len(client.nthreads())
 
 
-@contextlib.contextmanager
-def _no_sigint() -> Iterator[None]:
-    """Block SIGINT in this thread while worker processes are started: they (and the cluster's
-    event-loop thread, hence workers it restarts later) inherit the blocked signal, so Ctrl-C
-    reaches only the client, which shuts the cluster down cleanly instead of every worker
-    printing its own traceback."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
 def _local_cluster(
     n_workers: int | None, threads_per_worker: int, processes: bool, memory_limit: Any
 ) -> Any:
@@ -197,7 +180,7 @@ def _local_cluster(
             host="127.0.0.1" if processes else None,
             dashboard_address="127.0.0.1:0",
             memory_limit=memory_limit,
-            silence_logs=40,
+            silence_logs=50,  # workers report failures through their tasks, not stderr
         )
     finally:
         for k, v in saved.items():

@@ -203,6 +203,11 @@ def _chain(exc: BaseException) -> list[BaseException]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import logging
+
+    # a Ctrl-C in the middle of a gather leaves asyncio futures whose "exception was never
+    # retrieved" reports would follow the one error line
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
     parser = build_parser()
     args = None
     try:
