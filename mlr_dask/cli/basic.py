@@ -117,6 +117,11 @@ def run_generate_mlr(args: argparse.Namespace) -> dict[str, Any]:
     if args.n < 2 or (args.n_cols is not None and args.n_cols < 2):
         raise InputError("--n and --n-cols must be at least 2")
     out = check_output(args.out, "matrix", overwrite=args.overwrite, what="--out")
+    from mlr_dask.bounds import check_disk, check_memory
+
+    cells = args.n * (args.n_cols or args.n)
+    check_memory(4 * 8 * cells, f"generate mlr --n {args.n}")
+    check_disk(out, 8 * cells, "generate mlr")
     truth, A = mlr_plus_noise(
         args.n, args.n_cols, rank=args.rank, n_levels=args.levels, noise=args.noise,
         rng=args.seed,

@@ -159,6 +159,9 @@ def run_fit(args: argparse.Namespace) -> dict[str, Any]:
         raise InputError(f"--symmetric/--psd need a square matrix, got {m} x {n}")
     if args.partition == "given" and store.rows is None:
         raise InputError("--partition given needs a store with stored hierarchies")
+    from mlr_dask.bounds import check_chunk_items
+
+    check_chunk_items(args.chunk_items)
     if not np.isfinite(args.tol) or args.tol < 0:
         raise InputError("--tol must be a finite non-negative number")
     if args.out is not None:
@@ -263,6 +266,10 @@ def run_generate(args: argparse.Namespace) -> dict[str, Any]:
     from mlr_dask.io import check_output
 
     out = check_output(args.out, "matrix", overwrite=args.overwrite, what="--out")
+    from mlr_dask.bounds import check_disk, check_memory
+
+    check_memory(3 * 8 * m * n, f"generate {kind} ({m} x {n})")
+    check_disk(out, 8 * m * n, f"generate {kind}")
     if kind in ("dgt", "radial"):
         A = GENERATORS[kind](m, n, seed=args.seed)
         params = {"m": m, "n": n, "seed": args.seed}

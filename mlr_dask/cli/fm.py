@@ -10,6 +10,7 @@ import contextlib
 import json
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,17 +28,39 @@ def _ints(text: str) -> list[int]:
             from None
 
 
+def _ranks(text: str) -> Any:
+    """``auto``, or one entry per factor level separated by commas, each an int or the ranks of
+    the level's groups separated by ``/`` (e.g. ``3,2`` or ``3,2/1/2``)."""
+    if text.strip() == "auto":
+        return "auto"
+    try:
+        out: list[Any] = []
+        for x in text.split(","):
+            if not x.strip():
+                continue
+            parts = [int(v) for v in x.split("/")]
+            out.append(parts[0] if len(parts) == 1 else parts)
+        return out
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected 'auto' or comma-separated ranks (per-group ranks joined by '/'), got "
+            f"{text!r}") from None
+
+
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
+    from mlr_dask.fm.model import MAX_ITER, TOL
+
     p = sub.add_parser("fit-fm", parents=[common],
                        help="fit a multilevel factor model by EM (Dask, out of core)")
     p.add_argument("data", help="zarr data store (fm-data, or an xarray store with --levels)")
-    p.add_argument("--ranks", type=_ints, required=True, help="one rank per factor level, e.g. "
-                   "30,20,10,5,4")
+    p.add_argument("--ranks", type=_ranks, required=True, help="one rank per factor level, e.g. "
+                   "30,20,10,5,4 (each capped at every group's size); per-group ranks of a level "
+                   "joined by '/' (3,2/1/2); or 'auto' (greedy, by held-out log-likelihood)")
     p.add_argument("--out", required=True, help="output model store (zarr)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace --out when it is a model (or checkpoint) store of mlr-dask")
-    p.add_argument("--max-iter", type=int, default=20)
-    p.add_argument("--tol", type=float, default=1e-6,
+    p.add_argument("--max-iter", type=int, default=MAX_ITER)
+    p.add_argument("--tol", type=float, default=TOL,
                    help="stop when the log-likelihood grows by less than tol * |loglike|")
     p.add_argument("--init", choices=("svd", "random"), default="svd")
     p.add_argument("--seed", type=int, default=None, help="seed for --init random")
@@ -46,6 +69,11 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="coordinate names along 'feature' holding the level labels (xarray "
                    "store), coarse to fine")
     p.add_argument("--centered", action="store_true", help="data are centred (fit no mean)")
+    p.add_argument("--standardize", action="store_true",
+                   help="fit on features scaled by their train std (results in original units)")
+    p.add_argument("--learn", type=int, default=None, metavar="L",
+                   help="learn a hierarchy of L factor levels from the training correlations "
+                   "(xarray store)")
     p.add_argument("--checkpoint-every", type=int, default=0, metavar="K",
                    help="checkpoint into the output store every K iterations")
     p.add_argument("--resume", action="store_true", help="resume from the output's checkpoint")
@@ -96,7 +124,7 @@ def _open_input(args: argparse.Namespace) -> tuple[Any, Any]:
     """(data, hierarchy) for the model: a store path, or an xarray DataArray with --levels."""
     if not Path(args.data).exists():
         raise InputError(f"no such data store: {args.data!r}")
-    if not args.levels:
+    if not args.levels and args.learn is None:
         return args.data, None
     import xarray as xr
 
@@ -128,12 +156,23 @@ def run_fit_fm(args: argparse.Namespace) -> dict[str, Any]:
     if store_kind(out) == "fm-checkpoints" and not (args.resume or args.overwrite):
         raise InputError(f"--out {str(out)!r} holds the checkpoints of an unfinished fit; use "
                          "--resume to continue it or --overwrite to start again")
+    if args.learn is not None and args.levels:
+        raise InputError("--learn and --levels exclude each other")
+    if args.learn is not None and args.learn < 1:
+        raise InputError("--learn needs at least 1 level")
     data, hier = _open_input(args)
-    model = MultilevelFactorModel(hier, args.ranks, max_iter=args.max_iter, tol=args.tol,
-                                  init=args.init, random_state=args.seed,
-                                  assume_centered=args.centered, chunk_size=args.chunk_size)
-    array = None if args.levels else args.array
-    fd, tree = model.prepare(data, array=array)  # all checks, no work
+    learn = args.learn is not None
+    if learn:
+        hier = "learn"
+    model = MultilevelFactorModel(hier, args.ranks, levels=args.learn, max_iter=args.max_iter,
+                                  tol=args.tol, init=args.init, random_state=args.seed,
+                                  assume_centered=args.centered, standardize=args.standardize,
+                                  chunk_size=args.chunk_size)
+    array = None if (args.levels or learn) else args.array
+    if not learn and args.ranks != "auto":
+        model.prepare(data, array=array)  # all checks, no work
+    else:
+        model._check_params()
     log_path = out.with_name(out.name + ".iterations.jsonl")
     bar = tqdm(total=args.max_iter, desc="EM", unit="it", file=sys.stderr,
                disable=args.quiet, dynamic_ncols=True)
@@ -152,13 +191,18 @@ def run_fit_fm(args: argparse.Namespace) -> dict[str, Any]:
     ckpt = out if args.checkpoint_every else None
     t0 = time.perf_counter()
     try:
-        with _scheduler(args, n_workers=args.workers, memory_limit=args.memory_limit):
+        with _scheduler(args, n_workers=args.workers, memory_limit=args.memory_limit), \
+                warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             model.fit(data, array=array, checkpoint=ckpt, checkpoint_every=args.checkpoint_every,
                       resume=args.resume, callback=on_iter)
     finally:
         bar.close()
         if log["file"] is not None:
             log["file"].close()
+    for w in caught:
+        if issubclass(w.category, UserWarning):  # ConvergenceWarning and data warnings
+            print(f"warning: {w.message}", file=sys.stderr)
     total = time.perf_counter() - t0
     model.save(out, overwrite=args.overwrite)
     secs = model.iter_seconds_
@@ -171,10 +215,12 @@ def run_fit_fm(args: argparse.Namespace) -> dict[str, Any]:
         "seconds_per_iter": float(np.mean(secs)) if secs else None,
         "seconds_start": model.start_seconds_,
         "seconds_total": total,
-        "n_features": fd.shape[1],
-        "n_samples": fd.shape[0],
-        "ranks": list(tree.ranks),
-        "n_groups": list(tree.n_groups),
+        "n_features": model.n_features_in_,
+        "n_samples": model.n_samples_,
+        "ranks": list(model.ranks_),
+        "group_ranks": [g.tolist() for g in model.group_ranks_],
+        "rank_caps": model.rank_caps_,
+        "n_groups": list(model.hierarchy_.n_blocks),
         "passes": model.n_passes_,
         "log": str(log_path),
     }
@@ -204,6 +250,11 @@ def run_generate_fm(args: argparse.Namespace) -> dict[str, Any]:
     from mlr_dask.io import check_output
 
     out = check_output(args.out, "fm-data", overwrite=args.overwrite, what="--out")
+    from mlr_dask.bounds import check_disk, check_memory
+
+    cells = (args.samples + (args.test_samples or args.samples)) * args.n
+    check_memory(3 * 8 * cells, f"generate fm --n {args.n} --samples {args.samples}")
+    check_disk(out, (4 if args.float32 else 8) * cells, "generate fm")
     if args.n < 2 or args.samples < 2:
         raise InputError("--n and --samples must be at least 2")
     if len(args.ranks) != len(args.points):
