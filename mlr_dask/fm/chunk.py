@@ -31,6 +31,7 @@ __all__ = [
     "ChunkStats",
     "make_plan",
     "task_moments",
+    "task_range_gram",
     "task_init",
     "task_em",
     "task_stats",
@@ -146,15 +147,14 @@ class ChunkStats:
     ysq_d: np.ndarray
 
 
-def task_moments(Y_block: np.ndarray, plan: ChunkPlan, opts: tuple[bool, bool]) -> dict:
+def task_moments(Y_block: np.ndarray, plan: ChunkPlan, opts: tuple) -> dict:
     """First pass: the chunk's column means, its column sums of squares (centred), the count
-    of non-finite entries and, when asked, its part of the (N, N) Gram matrix of the centred
-    data. ``opts = (centre, gram)``.
-
-    No centred copy of the block is made: the sums of squares are taken over row slabs, and
-    the Gram is ``Y Y^T - u 1^T - 1 u^T + (m.m) 1 1^T`` with ``u = Y m`` (exact algebra; it only
-    loses accuracy when the means dwarf the spread, and only feeds the SVD start)."""
-    centre, want_gram = opts
+    of non-finite entries and, when asked, its part of a random sketch of the centred data.
+    ``opts = (centre, sketch)`` with ``sketch`` None or ``(k, seed)``: then ``Z = Yc Omega``
+    (N, k) with ``Omega`` (n_c, k) standard normal drawn from ``(seed, start)`` (the sketch of
+    the whole data is the sum over chunks). O(N n_c k); no centred copy of the block is made
+    (``Yc Omega = Y Omega - 1 (m^T Omega)``)."""
+    centre, sketch = opts
     Y = np.asarray(Y_block)
     bad = int(Y.size - np.count_nonzero(np.isfinite(Y)))
     if bad:
@@ -165,15 +165,25 @@ def task_moments(Y_block: np.ndarray, plan: ChunkPlan, opts: tuple[bool, bool]) 
     for i in range(0, Y.shape[0], 64):
         yc = Y[i:i + 64] - mean
         sumsq += np.einsum("ij,ij->j", yc, yc)
-    gram = None
-    if want_gram:
-        gram = Y @ Y.T
-        if centre:
-            u = Y @ mean
-            gram -= u[:, None]
-            gram -= u[None, :]
-            gram += float(mean @ mean)
-    return {"bad": 0, "mean": mean, "gram": gram, "sumsq": sumsq}
+    Z = None
+    if sketch is not None:
+        k, seed = sketch
+        omega = np.random.default_rng([int(seed), int(plan.start)]).standard_normal(
+            (Y.shape[1], int(k)))
+        Z = Y @ omega
+        Z -= mean @ omega
+    return {"bad": 0, "mean": mean, "sumsq": sumsq, "Z": Z}
+
+
+def task_range_gram(Y_block: np.ndarray, plan: ChunkPlan, mean_c: np.ndarray,
+                    Qb: np.ndarray) -> np.ndarray:
+    """Second pass of the randomized start: ``B_c B_c^T`` (k, k) with ``B_c = Qb^T Yc`` the
+    chunk's columns of the data projected on the orthonormal range basis ``Qb`` (N, k).
+    O(N n_c k)."""
+    Y = _as_f64(Y_block)
+    B = Qb.T @ Y
+    B -= np.outer(Qb.sum(axis=0), mean_c)
+    return B @ B.T
 
 
 def chunk_stats(Y: np.ndarray, mean: np.ndarray, FT: np.ndarray, D: np.ndarray,
@@ -263,15 +273,18 @@ def _as_f64(Y_block: np.ndarray) -> np.ndarray:
 
 def task_init(
     Y_block: np.ndarray, plan: ChunkPlan, mean_c: np.ndarray, sumsq_c: np.ndarray,
-    U: np.ndarray,
+    mask_c: np.ndarray | None, U: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, ChunkStats]:
     """SVD start for the chunk, returns ``(FT (R, n_c), D, stats)``: ``F = Yc^T U / sqrt(N)``
     with ``U`` (N, R) the leading left singular vectors of the centred data (level l takes the
     next r_l of them), ``D`` the leftover variance floored at ``INIT_FLOOR_REL`` times the
-    variance."""
+    variance. ``mask_c`` (R, n_c) bool: the free loadings (the others are set to zero), or
+    None."""
     Y = _as_f64(Y_block)
     N = Y.shape[0]
     FT = (U.T @ Y - np.outer(U.sum(axis=0), mean_c)) / np.sqrt(N)
+    if mask_c is not None:
+        FT *= mask_c
     var = sumsq_c / N
     D = _floor(var - np.einsum("ij,ij->j", FT, FT), var, INIT_FLOOR_REL)
     return FT, D, chunk_stats(Y, mean_c, FT, D, plan, sumsq_c)

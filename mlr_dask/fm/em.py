@@ -15,6 +15,7 @@ here: the chunks finish it from ``L^-1 P`` and their own data (:func:`mstep_leaf
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -40,7 +41,9 @@ __all__ = [
     "NumpyRunner",
     "reduce_stats",
     "e_step",
-    "svd_directions",
+    "svd_start",
+    "random_start",
+    "warm_start",
     "em_iteration",
     "em_step",
     "run_em",
@@ -48,9 +51,6 @@ __all__ = [
 ]
 
 LOG_2PI = float(np.log(2 * np.pi))
-
-#: Largest number of samples for the SVD start through the (N, N) Gram matrix.
-MAX_GRAM_SAMPLES = 20000
 
 
 @dataclass(frozen=True)
@@ -218,17 +218,10 @@ def mstep_leaf_terms(ch: TreeCholesky, w_leaf: np.ndarray, Z_leaf: np.ndarray) -
             LiT @ (w_leaf @ np.swapaxes(w_leaf, 1, 2)) @ Li, Z_leaf)
 
 
-def svd_directions(gram: np.ndarray, R: int) -> np.ndarray:
-    """(N, R) leading eigenvectors of the (N, N) Gram matrix ``Yc Yc^T`` of the centred data
-    (the left singular vectors of Yc); columns past the rank of Yc are zero."""
-    vals, vecs = np.linalg.eigh(gram)
-    order = np.argsort(vals)[::-1][:R]
-    U = vecs[:, order]
-    tiny = vals.max(initial=0.0) * gram.shape[0] * np.finfo(float).eps
-    U[:, vals[order] <= tiny] = 0.0
-    if U.shape[1] < R:
-        U = np.concatenate([U, np.zeros((gram.shape[0], R - U.shape[1]))], axis=1)
-    return U
+#: Extra columns of the random sketch of the start, beyond the total rank R.
+SKETCH_OVERSAMPLE = 10
+#: A feature whose variance is below this fraction of the median variance draws a warning.
+NEAR_CONSTANT_REL = 1e-10
 
 
 def _gather(results: Sequence[tuple]) -> tuple[tuple, np.ndarray, list]:
@@ -236,53 +229,116 @@ def _gather(results: Sequence[tuple]) -> tuple[tuple, np.ndarray, list]:
     return tuple(r[0] for r in results), D, [r[2] for r in results]
 
 
-def start_moments(runner: Runner, centre: bool,
-                  gram: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def check_variances(mean: np.ndarray, sumsq: np.ndarray, n_samples: int,
+                    names: np.ndarray | None = None) -> None:
+    """Refuse constant features (InputError) and warn about near-constant ones: the Gaussian
+    likelihood is unbounded on a feature without spread (its noise variance would go to 0).
+    ``names`` (n,) how to call the features (default their positions)."""
+    var = sumsq / max(n_samples, 1)
+    const = var <= (64 * np.finfo(float).eps) ** 2 * np.maximum(mean * mean, np.finfo(float).tiny)
+    label = np.arange(var.size) if names is None else np.asarray(names)
+    if np.any(const):
+        idx = np.flatnonzero(const)
+        shown = ", ".join(str(x) for x in label[idx[:5]]) + (", ..." if idx.size > 5 else "")
+        raise InputError(f"{idx.size} constant feature(s) ({shown}): a factor model needs "
+                         "every feature to vary; drop them")
+    med = float(np.median(var))
+    near = var < NEAR_CONSTANT_REL * med
+    if np.any(near):
+        idx = np.flatnonzero(near)
+        shown = ", ".join(str(x) for x in label[idx[:5]]) + (", ..." if idx.size > 5 else "")
+        warnings.warn(f"{idx.size} near-constant feature(s) ({shown}): variance below "
+                      f"{NEAR_CONSTANT_REL:g} x the median; their noise variances may collapse "
+                      "(consider standardize=True or dropping them)", UserWarning, stacklevel=4)
+
+
+def start_moments(runner: Runner, centre: bool, sketch: tuple[int, int] | None = None,
+                  names: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """First pass: the mean (n,), the column sums of squares of the centred data (n,) and,
-    with ``gram``, the (N, N) Gram of the centred data. Raises InputError when Y holds NaN or
-    inf."""
-    mom = runner.map(ck.task_moments, [], (centre, gram), what="moments")
+    with ``sketch = (k, seed)``, the (N, k) random sketch ``Yc Omega`` of the centred data.
+    Raises InputError when Y holds NaN or inf or a constant feature (see
+    :func:`check_variances`)."""
+    mom = runner.map(ck.task_moments, [], (centre, sketch), what="moments")
     bad = sum(m["bad"] for m in mom)
     if bad:
         raise InputError(f"the data contain {bad} NaN or infinite values")
     mean = np.concatenate([m["mean"] for m in mom])
     sumsq = np.concatenate([m["sumsq"] for m in mom])
-    return mean, sumsq, (sum(m["gram"] for m in mom) if gram else None)
+    check_variances(mean, sumsq, runner.n_samples, names)
+    return mean, sumsq, (sum(m["Z"] for m in mom) if sketch else None)
 
 
-def svd_start(runner: Runner, tree: FactorTree, centre: bool,
-              n_samples: int) -> tuple[FMState, EStep]:
-    """SVD start: two passes (moments, then loadings and their statistics)."""
-    if n_samples > MAX_GRAM_SAMPLES:
-        raise InputError(
-            f"the SVD start forms an N x N Gram matrix; N = {n_samples} is over the limit of "
-            f"{MAX_GRAM_SAMPLES} samples (use init='random')"
-        )
-    mean, sumsq, gram = start_moments(runner, centre, True)
-    U = svd_directions(gram, tree.rank)
+def _mask_chunks(tree: FactorTree, bounds: np.ndarray) -> list:
+    if not tree.masked:
+        return [None] * (bounds.size - 1)
+    MT = tree.col_mask.T
+    return [np.ascontiguousarray(MT[:, a:b]) for a, b in zip(bounds[:-1], bounds[1:],
+                                                             strict=True)]
+
+
+def svd_start(runner: Runner, tree: FactorTree, centre: bool, *, seed: int = 0,
+              names: np.ndarray | None = None) -> tuple[FMState, EStep]:
+    """SVD start by a randomized range finder: level l takes the next ``r_l`` leading left
+    singular directions ``U`` of the centred data ``Yc`` (N, n), ``F = Yc^T U / sqrt(N)``, D the
+    leftover variance floored (:func:`chunk.task_init`); masked loadings are zero.
+
+    Three passes over Y, all feature-chunk tasks like the EM's: (1) moments and the sketch
+    ``Z = Yc Omega`` (N, k), ``k = min(R + SKETCH_OVERSAMPLE, N, n)``; on the driver ``Qb``,
+    an orthonormal basis of range(Z) (QR, O(N k^2)); (2) ``G = sum_c B_c B_c^T`` (k, k) with
+    ``B = Qb^T Yc``, whose eigenvectors rotate ``Qb`` into the leading singular directions;
+    (3) loadings, noise and their statistics. Cost O(N n k) in all; no N x N or n x n matrix
+    is formed. When ``k = min(N, n)`` (few samples or few features) the range is exact and so
+    is the start (the p x p route when N > p)."""
+    N = runner.n_samples
+    R = tree.rank
+    k = int(min(R + SKETCH_OVERSAMPLE, N, tree.n))
+    mean, sumsq, Z = start_moments(runner, centre, (k, seed), names)
+    Qb, _ = np.linalg.qr(Z)
     b = runner.bounds
-    res = runner.map(ck.task_init, [split(mean, b), split(sumsq, b)], U, what="init")
+    G = sum(runner.map(ck.task_range_gram, [split(mean, b)], Qb, what="range"))
+    vals, vecs = np.linalg.eigh(G)
+    order = np.argsort(vals)[::-1][:R]
+    U = Qb @ vecs[:, order]
+    tiny = vals.max(initial=0.0) * k * np.finfo(float).eps
+    U[:, vals[order] <= tiny] = 0.0
+    if U.shape[1] < R:
+        U = np.concatenate([U, np.zeros((N, R - U.shape[1]))], axis=1)
+    res = runner.map(ck.task_init, [split(mean, b), split(sumsq, b), _mask_chunks(tree, b)],
+                     U, what="init")
     FT, D, parts = _gather(res)
     est = e_step(tree, parts)
     return FMState(FT_parts=FT, D=D, mean=mean, loglike_init=est.loglike, sumsq=sumsq), est
 
 
 def random_start(runner: Runner, tree: FactorTree, centre: bool,
-                 rng: np.random.Generator) -> tuple[FMState, EStep]:
+                 rng: np.random.Generator, names: np.ndarray | None = None
+                 ) -> tuple[FMState, EStep]:
     """Random start: Gaussian loadings scaled to a tenth of the feature standard deviation,
     D the variance (floored)."""
-    mean, sumsq, _ = start_moments(runner, centre, False)
+    mean, sumsq, _ = start_moments(runner, centre, None, names)
     N = runner.n_samples
     var = np.maximum(sumsq / N, ck.FLOOR_ABS)
     F = rng.standard_normal((tree.n, tree.rank)) * np.sqrt(var)[:, None] * 0.1
+    F = tree.apply_mask(F)
     return state_from(runner, tree, FMState.from_F(F, D=var.copy(), mean=mean, sumsq=sumsq))
+
+
+def warm_start(runner: Runner, tree: FactorTree, centre: bool, F: np.ndarray, D: np.ndarray,
+               names: np.ndarray | None = None) -> tuple[FMState, EStep]:
+    """Start from given loadings ``F`` (n, R) and noise ``D`` (n,) in hierarchy order (masked
+    here): the first pass, then the statistics of those parameters."""
+    mean, sumsq, _ = start_moments(runner, centre, None, names)
+    F = tree.apply_mask(np.asarray(F, dtype=np.float64))
+    return state_from(runner, tree, FMState.from_F(F, D=np.asarray(D, dtype=np.float64).copy(),
+                                                   mean=mean, sumsq=sumsq))
 
 
 def resume_from(runner: Runner, tree: FactorTree, centre: bool,
                 saved: FMState) -> tuple[FMState, EStep]:
     """Continue from saved parameters: the first pass again (mean, sums of squares, NaN
     check), then the statistics of the saved parameters."""
-    mean, sumsq, _ = start_moments(runner, centre, False)
+    mean, sumsq, _ = start_moments(runner, centre)
     state = FMState(FT_parts=saved.FT_parts, D=saved.D, mean=mean, n_iter=saved.n_iter,
                     loglike=saved.loglike, loglike_init=saved.loglike_init, sumsq=sumsq)
     return state_from(runner, tree, state)

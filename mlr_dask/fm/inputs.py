@@ -45,11 +45,12 @@ def _is_dask(x: Any) -> bool:
     return type(x).__module__.startswith("dask.array")
 
 
-def _check_matrix(shape: Sequence[int], dtype: Any, what: str) -> None:
+def _check_matrix(shape: Sequence[int], dtype: Any, what: str, min_samples: int = 2) -> None:
     if len(shape) != 2:
         raise InputError(f"{what} must be 2-D (samples x features), got shape {tuple(shape)}")
-    if shape[0] < 2 or shape[1] < 1:
-        raise InputError(f"{what} needs at least 2 samples and 1 feature, got {tuple(shape)}")
+    if shape[0] < min_samples or shape[1] < 1:
+        raise InputError(f"{what} needs at least {min_samples} sample(s) and 1 feature, got "
+                         f"{tuple(shape)}")
     if np.dtype(dtype).kind not in "fiu":
         raise InputError(f"{what} must be real numbers, got dtype {dtype}")
 
@@ -87,17 +88,20 @@ def as_feature_data(
     hierarchy: Hierarchy | Sequence[str] | None,
     *,
     array: str | None = None,
+    allow_nan: bool = False,
+    min_samples: int = 2,
 ) -> FeatureData:
     """Check ``Y`` and put it in hierarchy order (see module docstring for the accepted kinds).
 
     ``hierarchy``: a Hierarchy over the features in original order; for a DataArray also a list
     of coordinate names (along ``feature``) holding the level labels, coarse to fine; ``None``
-    for a data store (read from it). NaN/inf in numpy inputs are found here; in dask inputs
-    during the first pass, before any output is written.
+    for a data store (read from it). NaN/inf in numpy inputs are found here (NaN allowed with
+    ``allow_nan``: missing entries); in dask inputs during the first pass, before any output is
+    written. ``min_samples``: 2 to fit, 1 to score or transform.
     """
     if isinstance(Y, str | os.PathLike):
         Yd, h, _ = open_data(Y, array)
-        _check_matrix(Yd.shape, Yd.dtype, f"array {array or 'Y'!r} of {str(Y)!r}")
+        _check_matrix(Yd.shape, Yd.dtype, f"array {array or 'Y'!r} of {str(Y)!r}", min_samples)
         if hierarchy is not None and not isinstance(hierarchy, Hierarchy):
             raise InputError("with a data store, hierarchy must be a Hierarchy or None")
         Yd2, h2 = _reorder(Yd, h, hierarchy)
@@ -124,7 +128,7 @@ def as_feature_data(
     if hierarchy is None:
         raise InputError("a hierarchy is needed for array inputs")
     if _is_dask(Y):
-        _check_matrix(Y.shape, Y.dtype, "Y")
+        _check_matrix(Y.shape, Y.dtype, "Y", min_samples)
         if Y.shape[1] != hierarchy.n:
             raise InputError(
                 f"Y has {Y.shape[1]} features but the hierarchy covers {hierarchy.n}"
@@ -132,10 +136,13 @@ def as_feature_data(
         Yh = Y if np.array_equal(hierarchy.perm, np.arange(hierarchy.n)) else Y[:, hierarchy.perm]
         return FeatureData(Yh, hierarchy, True, "dask array")
     Y = np.asarray(Y)
-    _check_matrix(Y.shape, Y.dtype, "Y")
+    _check_matrix(Y.shape, Y.dtype, "Y", min_samples)
     if Y.shape[1] != hierarchy.n:
         raise InputError(f"Y has {Y.shape[1]} features but the hierarchy covers {hierarchy.n}")
-    if not np.all(np.isfinite(Y)):
+    if allow_nan and Y.dtype.kind == "f":
+        if np.isinf(Y).any():
+            raise InputError(f"Y contains {int(np.isinf(Y).sum())} infinite values")
+    elif not np.all(np.isfinite(Y)):
         raise InputError(f"Y contains {int(np.size(Y) - np.isfinite(Y).sum())} NaN or "
                          "infinite values")
     if Y.dtype.kind != "f":

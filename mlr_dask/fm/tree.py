@@ -40,11 +40,16 @@ class FactorTree:
     Parameters
     ----------
     hierarchy : the factor levels only (root first; no singleton diagonal level).
-    ranks : (L,) rank of every group of each factor level, each >= 1 and at most the size of
-        the smallest group of its level.
+    ranks : (L,) the rank ``r_l >= 1`` of level l: the number of loading columns of its groups.
+    group_ranks : optional, per level an int array (p_l,) of the rank of each group, each in
+        ``0 .. r_l``; default ``min(r_l, size of the group)`` for every group. A group of rank
+        ``r_g < r_l`` has its last ``r_l - r_g`` loading columns held at zero (:attr:`col_mask`);
+        EM keeps them exactly zero (their factors decouple: ``K`` is the identity on them, their
+        posterior means vanish and the M-step gives zero), so a group of rank 0 has no factor.
     """
 
-    def __init__(self, hierarchy: Hierarchy, ranks: Sequence[int]) -> None:
+    def __init__(self, hierarchy: Hierarchy, ranks: Sequence[int],
+                 group_ranks: Sequence[np.ndarray] | None = None) -> None:
         ranks_arr = np.asarray(ranks)
         if ranks_arr.ndim != 1 or ranks_arr.size != hierarchy.n_levels:
             raise InputError(
@@ -53,14 +58,22 @@ class FactorTree:
             )
         if not np.issubdtype(ranks_arr.dtype, np.integer) or np.any(ranks_arr < 1):
             raise InputError(f"ranks must be positive integers, got {ranks_arr.tolist()}")
+        if group_ranks is None:
+            group_ranks = [np.minimum(int(r), hierarchy.block_sizes(lvl))
+                           for lvl, r in enumerate(ranks_arr)]
+        if len(group_ranks) != hierarchy.n_levels:
+            raise InputError(f"group ranks must have one entry per factor level "
+                             f"({hierarchy.n_levels})")
+        gr = []
         for lvl, r in enumerate(ranks_arr):
-            smallest = int(hierarchy.block_sizes(lvl).min())
-            if r > smallest:
-                k = int(np.argmin(hierarchy.block_sizes(lvl)))
-                raise InputError(
-                    f"rank {int(r)} of level {lvl} is larger than the size of its group {k} "
-                    f"({smallest} features)"
-                )
+            g = np.asarray(group_ranks[lvl])
+            if g.shape != (hierarchy.n_blocks[lvl],) or not np.issubdtype(g.dtype, np.integer):
+                raise InputError(f"group ranks of level {lvl} must be {hierarchy.n_blocks[lvl]} "
+                                 f"integers, got shape {g.shape}")
+            if np.any(g < 0) or np.any(g > r):
+                raise InputError(f"group ranks of level {lvl} must lie in 0..{int(r)}")
+            gr.append(g.astype(np.int64))
+        self.group_ranks: tuple[np.ndarray, ...] = tuple(gr)
         self.hierarchy = hierarchy
         self.ranks = tuple(int(r) for r in ranks_arr)
         self.offsets = np.concatenate(([0], np.cumsum(ranks_arr))).astype(np.int64)
@@ -96,6 +109,32 @@ class FactorTree:
     def rank(self) -> int:
         """R = sum of the ranks (columns of the compressed loadings)."""
         return int(self.offsets[-1])
+
+    @property
+    def masked(self) -> bool:
+        """Whether some group has fewer factors than its level's rank."""
+        return any(bool(np.any(g < r)) for g, r in zip(self.group_ranks, self.ranks, strict=True))
+
+    @cached_property
+    def col_mask(self) -> np.ndarray:
+        """(n, R) bool in hierarchy order: which entries of the compressed loadings are free
+        (the first ``r_g`` columns of level l for the features of group g)."""
+        M = np.zeros((self.n, self.rank), dtype=bool)
+        for lvl in range(self.n_levels):
+            o0 = int(self.offsets[lvl])
+            b = self.bounds[lvl]
+            for g, rg in enumerate(self.group_ranks[lvl].tolist()):
+                M[b[g]:b[g + 1], o0:o0 + rg] = True
+        return M
+
+    def apply_mask(self, F: np.ndarray) -> np.ndarray:
+        """``F`` (n, R) with the fixed-zero entries set to zero (a copy when masked)."""
+        return F * self.col_mask if self.masked else F
+
+    def n_free(self) -> int:
+        """Free loadings (the entries of :attr:`col_mask`)."""
+        return int(sum(int(np.dot(np.diff(b), g))
+                       for b, g in zip(self.bounds, self.group_ranks, strict=True)))
 
     @property
     def s(self) -> int:

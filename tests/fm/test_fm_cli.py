@@ -73,7 +73,8 @@ def test_generate_fit_score(store, tmp_path, capsys):
 
 @pytest.mark.parametrize("argv,msg", [
     (["--ranks", "6,4,3,2,2,1"], "ranks"),
-    (["--ranks", "6,4,3,2,200"], "larger than"),
+    (["--ranks", "6,4,3,2,-1"], ">= 0"),
+    (["--ranks", "6,4,3,2,2/1"], "given for its"),
     (["--ranks", "6,4,3,2,2", "--array", "nope"], "no array"),
 ])
 def test_fit_bad_input_exit_2_no_output(store, tmp_path, capsys, argv, msg):
@@ -83,6 +84,36 @@ def test_fit_bad_input_exit_2_no_output(store, tmp_path, capsys, argv, msg):
     assert code == 2 and stdout == "" and msg in err
     assert err.startswith("error:") and len(err.strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
+
+
+def test_fit_caps_and_convergence_warning(store, tmp_path, capsys):
+    out = tmp_path / "capped.zarr"
+    code, stdout, err = run(["fit-fm", str(store), "--ranks", "6,4,3,2,200", "--max-iter", "2",
+                             "--out", str(out), "--scheduler", "threads", "--json", "--quiet"],
+                            capsys)
+    assert code == 0, err
+    res = json.loads(stdout)
+    caps = res["rank_caps"]
+    assert caps and all(c["level"] == 4 and c["requested"] == 200 for c in caps)
+    assert all(c["rank"] == c["size"] for c in caps)
+    assert res["ranks"][-1] == max(res["group_ranks"][-1]) <= 200
+    warn = [x for x in err.splitlines() if x.startswith("warning:")]
+    assert len(warn) == 1 and "max_iter=2" in warn[0]
+    m = MultilevelFactorModel.load(out)
+    assert [g.tolist() for g in m.group_ranks_] == res["group_ranks"]
+
+
+def test_cli_and_python_defaults_agree():
+    import argparse
+
+    from mlr_dask.cli import fm as cli_fm
+
+    sub = argparse.ArgumentParser().add_subparsers()
+    cli_fm.register(sub, argparse.ArgumentParser(add_help=False))
+    p = sub.choices["fit-fm"]
+    args = p.parse_args(["d", "--ranks", "1", "--out", "o"])
+    m = MultilevelFactorModel()
+    assert (args.max_iter, args.tol, args.init) == (m.max_iter, m.tol, m.init)
 
 
 def test_fit_nan_in_store_exit_2_no_output(tmp_path, capsys):
@@ -106,7 +137,7 @@ def test_fit_resume_cli(store, tmp_path, capsys):
     first = json.loads(stdout)
     # a finished model is not a checkpoint store: resuming from it is refused
     code, _, err = run([*base, "--max-iter", "6", "--resume"], capsys)
-    assert code == 2 and "not checkpoints" in err
+    assert code == 2 and ("not checkpoints" in err or "fm-model" in err)
     full = tmp_path / "full.zarr"
     code, stdout, _ = run(["fit-fm", str(store), "--ranks", "6,4,3,2,2", "--out", str(full),
                            "--scheduler", "threads", "--quiet", "--json", "--max-iter", "4",

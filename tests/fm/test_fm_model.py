@@ -155,21 +155,17 @@ def test_xarray_with_coordinate_names():
     assert m.score(da.transpose("feature", "sample")) == pytest.approx(ref.score(Y), rel=1e-12)
 
 
-@pytest.mark.parametrize("case", ["nan", "inf", "features", "ranks_long", "rank_big",
-                                  "cover", "ranks_type", "dims"])
+@pytest.mark.parametrize("case", ["inf", "features", "ranks_long", "cover", "ranks_type",
+                                  "dims"])
 def test_bad_inputs_raise_before_work(case):
     h, ranks, Y = small_problem(seed=1)
     hier, r, data = h, list(ranks), Y.copy()
-    if case == "nan":
-        data[3, 4] = np.nan
-    elif case == "inf":
+    if case == "inf":
         data[0, 0] = np.inf
     elif case == "features":
         data = data[:, :-1]
     elif case == "ranks_long":
         r = r + [1]
-    elif case == "rank_big":
-        r[-1] = int(h.block_sizes(-1).min()) + 1
     elif case == "cover":
         hier = Hierarchy.from_boundaries([[0, h.n + 5]])
         r = [1]
