@@ -388,7 +388,12 @@ def open_group(
             f"{loc!r} has format version {version!r}; this mlr-dask reads up to {max_version}"
         )
     if verify:
-        for name, arr in _arrays(group):
+        try:
+            arrays = list(_arrays(group))
+        except (ValueError, KeyError, TypeError) as exc:  # unreadable array metadata
+            raise FormatError(f"{loc!r} has an array whose metadata is damaged "
+                              f"({type(exc).__name__}: {exc})") from None
+        for name, arr in arrays:
             store.note_array(arr.store_path.path, arr.metadata.to_dict())
             check_array(arr, name)
     return group
