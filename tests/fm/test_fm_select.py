@@ -1,0 +1,92 @@
+"""standardize=True, hierarchy='learn' and ranks='auto'."""
+
+import numpy as np
+import pytest
+from fm_dense import small_problem
+
+from mlr_dask import InputError
+from mlr_dask.fm import MultilevelFactorModel, select
+from mlr_dask.hierarchy import Hierarchy
+
+
+def test_standardize_reports_original_units(tmp_path):
+    h, ranks, Y = small_problem(seed=2, n=24, N=80, levels=2, ranks=(2, 1))
+    Y = Y * np.linspace(0.01, 100, h.n)
+    m = MultilevelFactorModel(h, ranks, max_iter=15, standardize=True).fit(Y)
+    s = Y.std(0)
+    np.testing.assert_allclose(m.scale_, s, rtol=1e-12)
+    ref = MultilevelFactorModel(h, ranks, max_iter=15).fit(Y / s)
+    jac = np.log(s).sum()
+    np.testing.assert_allclose(m.loglike_, np.array(ref.loglike_) - jac, rtol=1e-10)
+    assert m.score(Y) == pytest.approx(ref.score(Y / s) - jac, rel=1e-10)
+    assert m.loglike_[-1] == pytest.approx(m.score(Y), rel=1e-10)
+    np.testing.assert_allclose(m.loadings_, ref.loadings_ * s[:, None], rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(m.transform(Y), ref.transform(Y / s), rtol=1e-8, atol=1e-10)
+    m.save(tmp_path / "m.zarr")
+    m2 = MultilevelFactorModel.load(tmp_path / "m.zarr")
+    np.testing.assert_allclose(m2.scale_, s)
+    assert m2.score(Y) == pytest.approx(m.score(Y), rel=1e-12)
+
+
+def _blocks(seed=0, N=300, sizes=(6, 6, 6, 6)):
+    """Features in 4 correlated blocks (two pairs of blocks share a factor), shuffled."""
+    rng = np.random.default_rng(seed)
+    n = sum(sizes)
+    Y = 0.3 * rng.standard_normal((N, 1)) @ rng.standard_normal((1, n))
+    starts = np.cumsum((0, *sizes))
+    for pair in ((0, 1), (2, 3)):
+        a, b = starts[pair[0]], starts[pair[1] + 1]
+        Y[:, a:b] += rng.standard_normal((N, 1)) * rng.uniform(0.5, 0.8, b - a)
+    for k in range(len(sizes)):
+        a, b = starts[k], starts[k + 1]
+        Y[:, a:b] += rng.standard_normal((N, 1)) * rng.uniform(1.0, 1.5, b - a)
+    Y += 0.5 * rng.standard_normal((N, n))
+    perm = rng.permutation(n)
+    block = np.repeat(np.arange(len(sizes)), sizes)
+    return Y[:, perm], block[perm]
+
+
+def test_learned_hierarchy_finds_the_blocks():
+    Y, block = _blocks()
+    h = select.learn_hierarchy(Y, 3)
+    assert h.n_levels == 3 and h.n_blocks[1] == 2 and h.n_blocks[2] == 4
+    groups = h.block_of(2)[h.iperm]  # group of each original feature at the finest level
+    for g in range(4):  # every learned group holds exactly one true block
+        assert len(set(block[groups == g])) == 1
+    m = MultilevelFactorModel("learn", [1, 1, 1], levels=3, max_iter=100).fit(Y)
+    assert m.hierarchy_ == h
+    flat = MultilevelFactorModel(ranks=3, max_iter=100).fit(Y)
+    assert m.score(Y) > flat.score(Y) - 1.0  # same parameter budget order, no worse
+
+
+def test_learn_needs_levels():
+    Y, _ = _blocks()
+    with pytest.raises(InputError, match="levels"):
+        MultilevelFactorModel("learn", 1).fit(Y)
+
+
+def test_auto_ranks_greedy_by_held_out_likelihood():
+    Y, block = _blocks(seed=1, N=400)
+    h = Hierarchy.from_labels([block])
+    m = MultilevelFactorModel(h, "auto", max_iter=200, random_state=0).fit(Y)
+    trials = m.rank_trials_
+    accepted = [t for t in trials if t["accepted"]]
+    # every accepted move raised the validation score
+    vals = [t["validation"] for t in accepted]
+    assert all(b > a for a, b in zip(vals, vals[1:]))
+    assert list(accepted[-1]["ranks"]) == [int(g.max()) for g in m.group_ranks_]
+    # the truth has one global factor, two pair factors (no level of their own here: the
+    # root takes them) and one factor per block
+    assert m.ranks_[1] == 1 and m.ranks_[0] >= 1
+    assert any(not t["accepted"] for t in trials)  # it stopped when no move paid
+
+
+def test_auto_ranks_trials_as_futures_give_the_same_choice():
+    from distributed import Client
+
+    Y, block = _blocks(seed=1, N=400)
+    h = Hierarchy.from_labels([block])
+    ref = MultilevelFactorModel(h, "auto", max_iter=200, random_state=0).fit(Y)
+    with Client(processes=False, n_workers=2, threads_per_worker=1, dashboard_address=None):
+        m = MultilevelFactorModel(h, "auto", max_iter=200, random_state=0).fit(Y)
+    assert m.rank_trials_ == ref.rank_trials_ and m.ranks_ == ref.ranks_
