@@ -99,6 +99,25 @@ def _same_or_nested(a: str, b: str) -> bool:
     return a == b or a.startswith(b + sep) or b.startswith(a + sep)
 
 
+def _enclosing_store(loc: str) -> str | None:
+    """The nearest enclosing directory of ``loc`` that is a zarr store (has ``zarr.json`` or
+    ``.zgroup``), or None. One existence check per level."""
+    if is_url(loc):
+        fs, fpath = fs_of(loc)
+        prefix = loc[: len(loc) - len(fpath.lstrip("/"))] if loc.endswith(fpath.lstrip("/")) \
+            else None
+        parts = fpath.rstrip("/").split("/")
+        for i in range(len(parts) - 1, 0, -1):
+            anc = "/".join(parts[:i])
+            if anc and any(fs.exists(f"{anc}/{m}") for m in ("zarr.json", ".zgroup")):
+                return (prefix + anc.lstrip("/")) if prefix is not None else anc
+        return None
+    for anc in Path(loc).parents:
+        if (anc / "zarr.json").is_file() or (anc / ".zgroup").is_file():
+            return str(anc)
+    return None
+
+
 def _check_writable(directory: Path, what: str) -> None:
     try:
         fd, probe = tempfile.mkstemp(prefix=".mlr-dask-probe-", dir=directory)
@@ -152,6 +171,10 @@ def check_output(
         if _same_or_nested(loc, src):
             raise InputError(f"{what} {loc!r} would overwrite the input {src!r} of this command; "
                              "write the result elsewhere")
+    outer = _enclosing_store(loc)
+    if outer is not None:
+        raise InputError(f"{what} {loc!r} lies inside the zarr store {outer!r}; refusing to "
+                         "write into another store")
     if is_url(loc):
         fs, fpath = fs_of(loc)
         if fs.exists(fpath):

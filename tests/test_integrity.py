@@ -182,3 +182,20 @@ def test_fit_fm_leftover_checkpoints_need_resume_or_overwrite(fm_store, tmp_path
     from mlr_dask.io import store_kind
 
     assert store_kind(out) == "fm-model"
+
+
+def test_url_stores_follow_the_same_rules(capsys):
+    """fsspec URL stores (written in place, no rename) are refused and replaced alike."""
+    base = "memory://integrity-test"
+    A, M = f"{base}/A.zarr", f"{base}/M.zarr"
+    assert main(["generate", "radial", "--n", "24", "--seed", "0", "--out", A, "--quiet"]) == 0
+    fit = ["fit-mlr", A, "--rank", "3", "--quiet", "--max-iter", "1", "--partition", "dyadic"]
+    assert main([*fit, "--out", M]) == 0
+    code, _, err = run([*fit, "--out", M], capsys)
+    assert code == 2 and "--overwrite" in _one_error_line(err)
+    code, _, err = run([*fit, "--out", A, "--overwrite"], capsys)
+    assert code == 2 and "input" in _one_error_line(err)
+    assert main([*fit, "--out", M, "--overwrite"]) == 0
+    code, _, err = run([*fit, "--out", A.replace("A.zarr", "M.zarr/inner.zarr")], capsys)
+    assert code == 2 and "inside the zarr store 'memory://integrity-test/M.zarr'" in \
+        _one_error_line(err)

@@ -116,6 +116,16 @@ def test_output_may_not_be_an_input(tmp_path):
         tmp_path / "other.zarr")
 
 
+def test_output_inside_another_store_is_refused(tmp_path):
+    _write(tmp_path / "outer.zarr")
+    (tmp_path / "outer.zarr" / "x" / "sub").mkdir()
+    for inner in (tmp_path / "outer.zarr" / "new.zarr", tmp_path / "outer.zarr" / "x" / "sub"
+                  / "new.zarr"):
+        with pytest.raises(InputError, match="inside the zarr store"):
+            _write(inner)
+    assert io.verify_store(tmp_path / "outer.zarr")["arrays"] == 1
+
+
 def test_missing_or_read_only_parent_is_refused_before_work(tmp_path, monkeypatch):
     with pytest.raises(InputError, match="does not exist"):
         io.check_output(tmp_path / "no" / "a.zarr", "thing")

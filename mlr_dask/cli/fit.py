@@ -164,12 +164,12 @@ def run_fit(args: argparse.Namespace) -> dict[str, Any]:
     check_chunk_items(args.chunk_items)
     if not np.isfinite(args.tol) or args.tol < 0:
         raise InputError("--tol must be a finite non-negative number")
+    out = None
     if args.out is not None:
         from mlr_dask.io import check_output
 
-        check_output(args.out, "mlr-matrix", overwrite=args.overwrite, inputs=[args.matrix],
-                     what="--out")
-    out = _check_output(args.out, "--out")
+        out = check_output(args.out, "mlr-matrix", overwrite=args.overwrite,
+                           inputs=[args.matrix], what="--out")
     plots = _check_output(args.plots, "--plots")
     progress = _Progress(args.quiet)
     use_dask = args.backend == "dask" or (args.backend == "auto" and args.scheduler is not None)
