@@ -213,6 +213,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         try:
             args = parser.parse_args(argv)
+            if not args.debug:
+                # the client's own reports (a lost scheduler, a reconnect) would precede the
+                # one error line that says the same; --debug keeps them
+                import distributed  # noqa: F401  (its import sets its loggers' levels)
+
+                for name in ["distributed", *logging.root.manager.loggerDict]:
+                    if name.startswith("distributed"):
+                        logging.getLogger(name).setLevel(logging.CRITICAL)
             resolve_paths(args)
             from mlr_dask import cluster
 

@@ -477,6 +477,7 @@ def run_job(args: argparse.Namespace) -> dict[str, Any]:
                 say(f"[{stage.name}] complete in the manifest: skipped")
                 continue
             ran_any = True
+            stage.parsed.quiet = args.quiet  # the job's --quiet holds for every stage
             _prepare_rerun(stage, prev, args.overwrite)
             entry.update(status="running", start=_now())
             manifest.write()

@@ -72,6 +72,8 @@ class DaskRunner:
         futures_left = as_completed(futures, with_results=True)
         del futures
         for fut, res in futures_left:
+            if isinstance(res, BaseException):  # e.g. cancelled: the scheduler was lost
+                raise res
             out[where[fut.key]] = res
             fut.release()
         return out

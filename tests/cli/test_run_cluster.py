@@ -56,6 +56,26 @@ def test_demo_reports_workers_and_relative_paths(cluster, tmp_path):
     assert res["n_iter"] == 2 and (tmp_path / "relmodel.zarr").is_dir()
 
 
+def test_fit_fm_events_reach_another_client(cluster, tmp_path):
+    """A fit-fm run from the CLI publishes one event per EM iteration on the scheduler's
+    event log; a second client (this test process) reads them."""
+    json_out(mlr_dask(["generate", "fm", "--n", "300", "--samples", "40", "--ranks", "2,2,1,1,1",
+                       "--out", "ev.zarr", "--json", "--quiet"], tmp_path))
+    with cluster.client() as c:
+        before = {id_ for _, e in c.get_events("mlr-dask") for id_ in [e.get("job")]}
+        res = json_out(mlr_dask(["fit-fm", "ev.zarr", "--ranks", "2,2,1,1,1", "--max-iter",
+                                 "5", "--tol", "0", "--out", "evmodel.zarr", "--scheduler",
+                                 cluster.address, "--json", "--quiet"], tmp_path))
+        time.sleep(0.5)
+        got = [e for _, e in c.get_events("mlr-dask")
+               if e.get("job") not in before and e.get("stage") == "em"]
+    assert len({e["job"] for e in got}) == 1
+    steps = [e["step"] for e in got]
+    assert steps == sorted(steps) and len(steps) == res["n_iter"] == 5
+    assert all(isinstance(e["loglike"], float) for e in got)
+    assert [e["loglike"] for e in got] == pytest.approx(res["loglike"][-5:], rel=1e-12)
+
+
 def _fit_fm_args(address: str, out: str) -> list[str]:
     return ["fit-fm", "fm.zarr", "--ranks", "4,3,2,2,1", "--max-iter", "8", "--tol", "0",
             "--chunk-size", "250", "--out", out, "--scheduler", address, "--json", "--quiet"]
@@ -207,7 +227,9 @@ def test_driver_killed_mid_fit_resumes(cluster, tmp_path):
                                "--quiet"], work))
     assert [s["skipped"] for s in again["stages"]] == [True, False, False]
     log = (work / "asset_model.zarr.iterations.jsonl").read_text().splitlines()
-    assert json.loads(log[0])["iteration"] > 1  # resumed from a checkpoint, not from scratch
+    iterations = [json.loads(line)["iteration"] for line in log]
+    # resumed from a checkpoint (the log is appended to), not started again from iteration 1
+    assert iterations.count(1) == 1 and iterations[-1] == 12
     for key in ("loglike", "n_iter"):
         _assert_close(again["stages"][1]["result"][key], calm["stages"][1]["result"][key])
     _assert_close(again["stages"][2]["result"]["score"], calm["stages"][2]["result"]["score"])
