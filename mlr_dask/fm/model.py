@@ -736,6 +736,9 @@ class MultilevelFactorModel(TransformerMixin, BaseEstimator):
         from mlr_dask.display import model_html
         return model_html(self)
 
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, str]:
+        return {"text/plain": repr(self), "text/html": self._repr_html_()}
+
 
 def _jsonable_ranks(ranks: Any) -> Any:
     if isinstance(ranks, str | int | np.integer):
