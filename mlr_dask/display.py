@@ -121,7 +121,7 @@ def model_html(model: Any) -> str:
     fitted = hasattr(model, "hierarchy_")
     rows: list[tuple[str, Any]] = [("fitted", "yes" if fitted else "no")]
     if not fitted:
-        rows += [("ranks", list(model.ranks)), ("max_iter", model.max_iter),
+        rows += [("ranks", model.ranks), ("max_iter", model.max_iter),
                  ("tol", model.tol), ("init", model.init)]
         h = model.hierarchy
         if h is not None and hasattr(h, "n_blocks"):

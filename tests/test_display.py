@@ -50,3 +50,5 @@ def test_model_html_unfitted_and_fitted():
     assert f"{model.loglike_[-1]:.6g}" in out
     assert f">{model.n_iter_}<" in out and ">200<" in out
     assert list(model.ranks_).__repr__() in out
+    # what Jupyter shows (the mime bundle wins over scikit-learn's own diagram)
+    assert model._repr_mimebundle_()["text/html"] == out
