@@ -35,7 +35,7 @@ from typing import Any
 CERT_FILES = ("ca.pem", "cluster.pem", "cluster-key.pem", "client.pem", "client-key.pem")
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="submit.py", description=__doc__, formatter_class=argparse.RawTextHelpFormatter,
     )
@@ -63,6 +63,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--print-job-script", action="store_true",
                    help="print the worker job script and exit without submitting")
     p.epilog = "Arguments after -- go to `mlr-dask run` (--set, --force, ...)."
+    return p
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Options before ``--``, checked; ``run_args``: the words after ``--``."""
+    p = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     cut = argv.index("--") if "--" in argv else len(argv)
     args = p.parse_args(argv[:cut])
