@@ -48,7 +48,7 @@ from mlr_dask.paths import fs_of, is_url, resolve_store, store_exists
 __all__ = [
     "FORMAT_KEY", "VERSION_KEY", "COMPLETE_KEY", "SUPERSEDES",
     "store_kind", "check_output", "atomic_group", "create_array",
-    "open_group", "open_array", "check_array", "verify_store", "read_region",
+    "open_group", "open_array", "open_dataset", "check_array", "verify_store", "read_region",
 ]
 
 FORMAT_KEY = "mlr_dask_format"
@@ -154,6 +154,7 @@ def check_output(
     overwrite: bool = False,
     inputs: Iterable[str | os.PathLike] = (),
     what: str = "output",
+    nbytes: int | None = None,
 ) -> str:
     """Check an output location before any work; returns it resolved (absolute path or URL).
 
@@ -161,8 +162,10 @@ def check_output(
     (equal, inside it or containing it, symlinks resolved), a regular file, a directory that is
     not an mlr-dask store, a store of another kind, a store of kind ``kind`` without
     ``overwrite``; for local paths also a missing or read-only parent directory (checked by
-    creating and removing a probe file). A store of a kind in ``SUPERSEDES[kind]`` may be
-    replaced without ``overwrite``. Cost: a few stat calls and one small read."""
+    creating and removing a probe file), and with ``nbytes`` (an estimate of the store's size)
+    a filesystem with less free space (a replaced store's space is not counted as free). A
+    store of a kind in ``SUPERSEDES[kind]`` may be replaced without ``overwrite``; a location
+    inside another zarr store is refused. Cost: a few stat calls and one small read."""
     loc = resolve_store(path)
     for item in inputs:
         if item is None:
@@ -190,7 +193,20 @@ def check_output(
     if not target.parent.is_dir():
         raise InputError(f"{what} directory {str(target.parent)!r} does not exist")
     _check_writable(target.parent, what)
+    if nbytes is not None:
+        free = shutil.disk_usage(target.parent).free
+        if nbytes > free:
+            raise InputError(f"{what} {loc!r} needs about {_size(nbytes)} but its filesystem "
+                             f"has {_size(free)} free")
     return loc
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} TiB"
 
 
 @contextlib.contextmanager
@@ -432,6 +448,25 @@ def open_array(path: str | os.PathLike, name: str) -> Any:
     arr = zarr.open_array(store, path=name, mode="r", zarr_format=3)
     store.note_array(arr.store_path.path, arr.metadata.to_dict())
     return arr
+
+
+def open_dataset(path: str | os.PathLike, group: str | None = None) -> Any:
+    """``xarray.open_zarr`` of any zarr 3 store (mlr-dask's or another's) through a
+    ``CheckedStore``: lazy, and a chunk that fails its crc32c, or is missing from an array that
+    records that every chunk was written, raises DataError naming the store, the array and the
+    chunk (also inside Dask tasks). FormatError when xarray cannot open it."""
+    import xarray as xr
+
+    loc = resolve_store(path)
+    if not store_exists(loc):
+        raise FormatError(f"no such store: {loc!r}")
+    try:
+        return xr.open_zarr(_checked(loc), group=group, consolidated=False, zarr_format=3)
+    except InputError:
+        raise
+    except Exception as exc:
+        raise FormatError(f"{loc!r} is not an xarray zarr store ({type(exc).__name__}: {exc})") \
+            from None
 
 
 def verify_store(path: str | os.PathLike, *, checksums: bool = False) -> dict[str, int]:

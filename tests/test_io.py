@@ -126,6 +126,15 @@ def test_output_inside_another_store_is_refused(tmp_path):
     assert io.verify_store(tmp_path / "outer.zarr")["arrays"] == 1
 
 
+def test_output_larger_than_the_free_space_is_refused(tmp_path):
+    import shutil
+
+    free = shutil.disk_usage(tmp_path).free
+    assert io.check_output(tmp_path / "a.zarr", "thing", nbytes=1000) == str(tmp_path / "a.zarr")
+    with pytest.raises(InputError, match=r"needs about .*iB but its filesystem has"):
+        io.check_output(tmp_path / "a.zarr", "thing", nbytes=free * 2 + 2**30)
+
+
 def test_missing_or_read_only_parent_is_refused_before_work(tmp_path, monkeypatch):
     with pytest.raises(InputError, match="does not exist"):
         io.check_output(tmp_path / "no" / "a.zarr", "thing")
@@ -279,3 +288,24 @@ def test_open_group_format_errors(tmp_path):
     with pytest.raises(FormatError, match="not an mlr-dask store"):
         io.open_group(tmp_path / "foreign.zarr")
     assert io.store_kind(tmp_path / "foreign.zarr") is None
+
+
+@pytest.mark.filterwarnings("ignore:The data type")
+def test_open_dataset_checks_an_xarray_store(tmp_path):
+    import dask
+    import xarray as xr
+    from zarr.codecs import Crc32cCodec
+
+    ds = xr.Dataset({"Y": (("sample", "feature"), np.arange(40.0).reshape(4, 10))},
+                    coords={"feature": [f"f{i}" for i in range(10)]})
+    ds.to_zarr(tmp_path / "x.zarr", consolidated=False, zarr_format=3, encoding={
+        "Y": {"chunks": (4, 5), "compressors": [Crc32cCodec()]}})
+    got = io.open_dataset(tmp_path / "x.zarr")
+    xr.testing.assert_identical(got.load(), ds)
+    chunk = tmp_path / "x.zarr" / "Y" / "c" / "0" / "1"
+    chunk.write_bytes(b"\1" * len(chunk.read_bytes()))
+    with dask.config.set(scheduler="threads"), \
+            pytest.raises(DataError, match=r"x\.zarr'.*array 'Y', chunk \(0, 1\)"):
+        io.open_dataset(tmp_path / "x.zarr")["Y"].sum().compute()
+    with pytest.raises(FormatError, match="no such store"):
+        io.open_dataset(tmp_path / "none.zarr")

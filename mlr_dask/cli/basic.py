@@ -116,7 +116,9 @@ def run_generate_mlr(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.n < 2 or (args.n_cols is not None and args.n_cols < 2):
         raise InputError("--n and --n-cols must be at least 2")
-    out = check_output(args.out, "matrix", overwrite=args.overwrite, what="--out")
+    m, n = args.n, args.n_cols or args.n
+    out = check_output(args.out, "matrix", overwrite=args.overwrite, what="--out",
+                       nbytes=m * n * (4 if args.float32 else 8))
     from mlr_dask.bounds import check_disk, check_memory
 
     cells = args.n * (args.n_cols or args.n)

@@ -265,7 +265,8 @@ def run_generate(args: argparse.Namespace) -> dict[str, Any]:
     _check(m, n)
     from mlr_dask.io import check_output
 
-    out = check_output(args.out, "matrix", overwrite=args.overwrite, what="--out")
+    out = check_output(args.out, "matrix", overwrite=args.overwrite, what="--out",
+                       nbytes=8 * m * n)
     from mlr_dask.bounds import check_disk, check_memory
 
     check_memory(3 * 8 * m * n, f"generate {kind} ({m} x {n})")

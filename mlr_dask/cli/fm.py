@@ -249,7 +249,9 @@ def run_generate_fm(args: argparse.Namespace) -> dict[str, Any]:
     from mlr_dask.fm.data import generate_fm, write_fm
     from mlr_dask.io import check_output
 
-    out = check_output(args.out, "fm-data", overwrite=args.overwrite, what="--out")
+    n_test = args.test_samples or args.samples
+    out = check_output(args.out, "fm-data", overwrite=args.overwrite, what="--out",
+                       nbytes=(4 if args.float32 else 8) * args.n * (args.samples + n_test))
     from mlr_dask.bounds import check_disk, check_memory
 
     cells = (args.samples + (args.test_samples or args.samples)) * args.n
