@@ -118,6 +118,50 @@ def _enclosing_store(loc: str) -> str | None:
     return None
 
 
+def _tag() -> str:
+    """Suffix of temporary names: the writer's host and process id, and a random part."""
+    host = "".join(c for c in os.uname().nodename if c.isalnum() or c == "-")[:32]
+    return f"{host}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _dead_writer(name: str) -> bool:
+    """Whether a temporary name was made by a process of this host that no longer runs."""
+    try:
+        host, pid = name.rsplit("-", 2)[:2]
+        pid_i = int(pid)
+    except ValueError:
+        return False
+    if host != _tag().rsplit("-", 2)[0]:
+        return False
+    try:
+        os.kill(pid_i, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def _recover(target: Path) -> None:
+    """Clean up after writers of ``target`` that were killed: a store moved aside by a replace
+    interrupted between its two renames is moved back when ``target`` is missing (else
+    removed); their temporary groups are removed. Writers still running are left alone."""
+    try:
+        siblings = list(target.parent.glob(f".{target.name}.*-*"))
+    except OSError:
+        return
+    for kind in ("old", "tmp"):
+        prefix = f".{target.name}.{kind}-"
+        for p in sorted(siblings):
+            if not p.name.startswith(prefix) or not _dead_writer(p.name[len(prefix):]):
+                continue
+            if kind == "old" and not target.exists():
+                with contextlib.suppress(OSError):
+                    os.replace(p, target)
+                continue
+            shutil.rmtree(p, ignore_errors=True)
+
+
 def _check_writable(directory: Path, what: str) -> None:
     try:
         fd, probe = tempfile.mkstemp(prefix=".mlr-dask-probe-", dir=directory)
@@ -162,7 +206,8 @@ def check_output(
     (equal, inside it or containing it, symlinks resolved), a regular file, a directory that is
     not an mlr-dask store, a store of another kind, a store of kind ``kind`` without
     ``overwrite``; for local paths also a missing or read-only parent directory (checked by
-    creating and removing a probe file), and with ``nbytes`` (an estimate of the store's size)
+    creating and removing a probe file; leftovers of killed writers of this path are cleaned
+    up first, see ``_recover``), and with ``nbytes`` (an estimate of the store's size)
     a filesystem with less free space (a replaced store's space is not counted as free). A
     store of a kind in ``SUPERSEDES[kind]`` may be replaced without ``overwrite``; a location
     inside another zarr store is refused. Cost: a few stat calls and one small read."""
@@ -186,6 +231,7 @@ def check_output(
             _check_replace(loc, kind, overwrite, what)
         return loc
     target = Path(loc)
+    _recover(target)
     if target.is_symlink() or target.exists():
         if not target.is_dir():
             raise InputError(f"{what} {loc!r} is a file, not a store; refusing to replace it")
@@ -242,7 +288,7 @@ def atomic_group(
             raise
         return
     target = Path(loc)
-    tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp = target.with_name(f".{target.name}.tmp-{_tag()}")
     try:
         group = zarr.open_group(str(tmp), mode="w-", zarr_format=3)
         group.attrs.update({FORMAT_KEY: kind, VERSION_KEY: version})
@@ -250,7 +296,7 @@ def atomic_group(
         # the location may have changed while the group was written
         check_output(loc, kind, overwrite=overwrite, inputs=inputs)
         if target.exists():
-            old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
+            old = target.with_name(f".{target.name}.old-{_tag()}")
             os.replace(target, old)
             try:
                 os.replace(tmp, target)

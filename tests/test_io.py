@@ -99,6 +99,29 @@ def test_crash_inside_the_block_keeps_the_old_result(tmp_path):
     assert not new.exists() and _leftovers(tmp_path) == []
 
 
+def test_leftovers_of_a_killed_writer_are_recovered(tmp_path):
+    """A writer killed between its two renames left the old store under a temporary name; the
+    next write of that path moves it back (and refuses to replace it without overwrite). Its
+    temporary group is removed; a live writer's is not."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    dead = int(proc.stdout)
+    out = tmp_path / "a.zarr"
+    _write(out, 5.0)
+    host = io._tag().rsplit("-", 2)[0]
+    os.replace(out, tmp_path / f".a.zarr.old-{host}-{dead}-0123abcd")
+    (tmp_path / f".a.zarr.tmp-{host}-{dead}-89abcdef").mkdir()
+    live = tmp_path / f".a.zarr.tmp-{host}-{os.getpid()}-00000000"
+    live.mkdir()
+    with pytest.raises(InputError, match="overwrite"):
+        _write(out, 6.0)
+    assert zarr.open_group(str(out), mode="r")["x"][0, 0] == 5.0
+    assert _leftovers(tmp_path) == [live.name]
+
+
 def test_output_may_not_be_an_input(tmp_path):
     src = tmp_path / "in.zarr"
     _write(src)
