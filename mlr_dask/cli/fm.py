@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from mlr_dask.errors import InputError
+from mlr_dask.paths import store_exists
 
 
 def _ints(text: str) -> list[int]:
@@ -122,7 +123,7 @@ def _scheduler(args: argparse.Namespace, **kw: Any) -> Iterator[None]:
 
 def _open_input(args: argparse.Namespace) -> tuple[Any, Any]:
     """(data, hierarchy) for the model: a store path, or an xarray DataArray with --levels."""
-    if not Path(args.data).exists():
+    if not store_exists(args.data):
         raise InputError(f"no such data store: {args.data!r}")
     if not args.levels and args.learn is None:
         return args.data, None
@@ -231,7 +232,7 @@ def run_score(args: argparse.Namespace) -> dict[str, Any]:
     from mlr_dask.fm.inputs import open_data
 
     model = MultilevelFactorModel.load(args.model)
-    if not Path(args.data).exists():
+    if not store_exists(args.data):
         raise InputError(f"no such data store: {args.data!r}")
     array = args.array
     if array is None:

@@ -169,3 +169,18 @@ def test_plan_job_resolves_paths_against_cwd(tmp_path, monkeypatch):
     assert name == "small"
     assert stages[0].outputs == [str(tmp_path / "m.zarr")]
     assert stages[1].parsed.path == str(tmp_path / "m.zarr")
+
+
+def test_failure_lines_for_cluster_errors():
+    from distributed.scheduler import KilledWorker
+
+    from mlr_dask.cli.main import _describe_failure
+    from mlr_dask.cli.run import StageError
+
+    msg, code = _describe_failure(
+        StageError("fit", "fit-fm", KilledWorker("chunk-3", "tcp://w:1", 3), ["/d/Y.zarr"]),
+        None)
+    assert code == 1 and msg.startswith("stage 'fit' (fit-fm on '/d/Y.zarr'): workers died")
+    assert "memory" in msg
+    msg, code = _describe_failure(MemoryError(), None)
+    assert code == 1 and msg.endswith("out of memory")
