@@ -385,6 +385,41 @@ def converged(loglike: Sequence[float], prev: float, tol: float) -> bool:
     return (loglike[-1] - prev) <= tol * abs(loglike[-1])
 
 
+def extrapolate(runner: Runner, tree: FactorTree, s0: FMState, s1: FMState,
+                s2: FMState) -> tuple[FMState, EStep] | None:
+    """SQUAREM step (Varadhan and Roland's scheme S3) from three successive EM states, on
+    ``theta = (F, log D)``: ``r = theta1 - theta0``, ``v = theta2 - 2 theta1 + theta0``,
+    ``alpha = -|r| / |v|`` (at most -1), ``theta' = theta0 - 2 alpha r + alpha^2 v``; D floored
+    as in the M-step, fixed-zero loadings stay zero. Returns the state and E-step of
+    ``theta'`` (one statistics pass), or None when the step is the plain one."""
+    F0, F1, F2 = s0.F, s1.F, s2.F
+    L0, L1, L2 = np.log(s0.D), np.log(s1.D), np.log(s2.D)
+    rF, rL = F1 - F0, L1 - L0
+    vF, vL = F2 - 2 * F1 + F0, L2 - 2 * L1 + L0
+    nr = float(np.sqrt(np.sum(rF * rF) + np.sum(rL * rL)))
+    nv = float(np.sqrt(np.sum(vF * vF) + np.sum(vL * vL)))
+    if nv == 0.0 or not np.isfinite(nr / nv):
+        return None
+    alpha = -max(1.0, min(nr / nv, MAX_STEP))
+    if alpha == -1.0:
+        return None
+    F = F0 - 2 * alpha * rF + alpha * alpha * vF
+    D = np.exp(L0 - 2 * alpha * rL + alpha * alpha * vL)
+    var = s0.sumsq / runner.n_samples
+    D = np.maximum(D, np.maximum(ck.FLOOR_REL * var, ck.FLOOR_ABS))
+    if not (np.all(np.isfinite(F)) and np.all(np.isfinite(D))):
+        return None
+    st = FMState.from_F(tree.apply_mask(F), D=D, mean=s2.mean, n_iter=s2.n_iter,
+                        loglike=s2.loglike, loglike_init=s2.loglike_init, sumsq=s2.sumsq)
+    return state_from(runner, tree, st)
+
+
+#: Largest SQUAREM step length |alpha|.
+MAX_STEP = 64.0
+#: Iterations per accelerated cycle.
+CYCLE = 3
+
+
 def run_em(
     runner: Runner,
     tree: FactorTree,
@@ -394,17 +429,50 @@ def run_em(
     max_iter: int,
     tol: float,
     callback: Callable[[FMState], None] | None = None,
+    accelerate: bool = False,
 ) -> tuple[FMState, EStep, bool]:
     """Iterate until ``max_iter`` iterations in total (``state.n_iter`` counts those done) or
     convergence; ``callback(state)`` after each iteration. Returns the final state, its
-    E-step and whether it converged."""
+    E-step and whether it converged.
+
+    With ``accelerate``, iterations go by cycles of three, starting at the multiples of 3: two
+    EM steps, a SQUAREM extrapolation from them (:func:`extrapolate`, one statistics pass) and
+    one EM step from the extrapolated point, kept when its log-likelihood is at least that of
+    the second step (else a plain third EM step). The recorded log-likelihoods never decrease,
+    every recorded state is an EM image, and the path depends only on the states at the
+    multiples of 3 (a fit resumed from one retraces the uninterrupted fit). A cycle costs
+    about 3.3 iterations of plain EM and often advances as far as tens."""
     done = False
-    while state.n_iter < max_iter:
-        prev = state.loglike[-1] if state.loglike else state.loglike_init
-        state, est = em_iteration(runner, tree, state, est)
-        if callback is not None:
-            callback(state)
-        if converged(state.loglike, prev, tol):
-            done = True
+
+    def step(st: FMState, es: EStep, report: bool = True) -> tuple[FMState, EStep, bool]:
+        prev = st.loglike[-1] if st.loglike else st.loglike_init
+        st2, es2 = em_iteration(runner, tree, st, es)
+        if report and callback is not None:
+            callback(st2)
+        return st2, es2, converged(st2.loglike, prev, tol)
+
+    while state.n_iter < max_iter and not done:
+        if (not accelerate or state.n_iter % CYCLE or state.n_iter + CYCLE > max_iter
+                or state.sumsq is None):
+            state, est, done = step(state, est)
+            continue
+        s0 = state
+        s1, e1, done = step(s0, est)
+        state, est = s1, e1
+        if done:
             break
+        s2, e2, done = step(s1, e1)
+        state, est = s2, e2
+        if done:
+            break
+        ext = extrapolate(runner, tree, s0, s1, s2)
+        if ext is not None:
+            s3, e3 = em_iteration(runner, tree, ext[0], ext[1])
+            if s3.loglike[-1] >= s2.loglike[-1]:
+                state, est = s3, e3
+                if callback is not None:
+                    callback(state)
+                done = converged(state.loglike, s2.loglike[-1], tol)
+                continue
+        state, est, done = step(s2, e2)
     return state, est, done

@@ -142,7 +142,7 @@ def _trial(params: dict, h: Hierarchy, spec: list, Ytr: np.ndarray, Yva: np.ndar
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         m._fit_fixed(Ytr, h, spec, None, array=None, checkpoint=None, checkpoint_every=0,
-                     resume=False, callback=None, start=start)
+                     resume=False, callback=None, start=start, publish=False)
     return m.score(Yva), m._state.F.copy(), m._state.D.copy()
 
 
@@ -151,6 +151,7 @@ def auto_ranks(model: Any, Y: Any, hier: Any, *, array: str | None = None
     """Greedy ranks per level for ``model``'s settings on Y (module docstring). Returns the
     ranks (one per factor level, for :func:`mlr_dask.fm.model.make_tree`) and the trials
     (``ranks``, ``validation`` log-likelihood per sample, ``accepted``)."""
+    from mlr_dask import events
     from mlr_dask.fm.dask import _client
     from mlr_dask.fm.inputs import as_feature_data
     from mlr_dask.fm.model import make_tree
@@ -181,7 +182,8 @@ def auto_ranks(model: Any, Y: Any, hier: Any, *, array: str | None = None
     tree = make_tree(h, spec)[0]
     trials = [{"ranks": list(spec), "validation": best, "accepted": True}]
     client = _client()
-    for _ in range(MAX_ROUNDS):
+    events.publish("fm-ranks", step=0, total=None, ranks=list(spec), validation=best)
+    for rnd in range(1, MAX_ROUNDS + 1):
         cands = []
         for lvl in range(n_factor):
             s2 = list(spec)
@@ -207,4 +209,5 @@ def auto_ranks(model: Any, Y: Any, hier: Any, *, array: str | None = None
             break
         best, F, D = results[k]
         spec, tree = cands[k][0], cands[k][1]
+        events.publish("fm-ranks", step=rnd, total=None, ranks=list(spec), validation=best)
     return spec, trials

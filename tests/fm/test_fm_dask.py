@@ -73,12 +73,12 @@ def test_resume_equals_uninterrupted(problem, tmp_path):
 
     with pytest.raises(_Kill):
         MultilevelFactorModel(h, ranks, max_iter=7, tol=0, chunk_size=15).fit(
-            Y, checkpoint=ck, checkpoint_every=2, callback=kill_at_5)
+            Y, checkpoint=ck, checkpoint_every=3, callback=kill_at_5)
     seen = []
     m = MultilevelFactorModel(h, ranks, max_iter=7, tol=0, chunk_size=15).fit(
-        Y, checkpoint=ck, checkpoint_every=2, resume=True,
+        Y, checkpoint=ck, checkpoint_every=3, resume=True,
         callback=lambda info: seen.append(info["iteration"]))
-    assert seen == [5, 6, 7]  # resumed after the checkpoint of iteration 4
+    assert seen == [4, 5, 6, 7]  # resumed after the checkpoint of iteration 3
     _check_same(m, full, rtol=1e-13)
     # a resumed fit refuses checkpoints of another fit
     with pytest.raises(InputError, match="another fit"):

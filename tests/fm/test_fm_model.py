@@ -175,3 +175,41 @@ def test_bad_inputs_raise_before_work(case):
         data = data[None]
     with pytest.raises(InputError):
         MultilevelFactorModel(hier, r, max_iter=2).fit(data)
+
+
+def test_em_publishes_one_event_per_iteration():
+    from mlr_dask import events
+
+    h, ranks, Y = small_problem(seed=3)
+    got, infos = [], []
+    unsubscribe = events.subscribe(got.append)
+    try:
+        m = MultilevelFactorModel(h, ranks, max_iter=6, tol=0).fit(Y, callback=infos.append)
+    finally:
+        unsubscribe()
+    em_events = [e for e in got if e["stage"] == "em"]
+    assert [e["step"] for e in em_events] == [1, 2, 3, 4, 5, 6]
+    assert all(e["total"] == 6 for e in em_events)
+    np.testing.assert_allclose([e["loglike"] for e in em_events], m.loglike_, rtol=1e-12)
+    assert [i["iteration"] for i in infos] == [1, 2, 3, 4, 5, 6]  # callback= still works
+
+
+def test_accelerated_em_is_monotone_and_faster_than_plain_em():
+    h, ranks, Y = small_problem(seed=12, n=40, N=50, levels=3, ranks=(3, 2, 1))
+    tree = FactorTree(h, ranks)
+    Yh = Y[:, h.perm]
+
+    def fit(accelerate, iters):
+        runner = fem.NumpyRunner(Yh, tree, np.array([0, tree.n]))
+        st, est = fem.svd_start(runner, tree, True)
+        return fem.run_em(runner, tree, st, est, max_iter=iters, tol=0.0,
+                          accelerate=accelerate)[0]
+
+    acc, plain = fit(True, 60), fit(False, 60)
+    ll = np.array([acc.loglike_init, *acc.loglike])
+    assert acc.n_iter == 60 and np.all(np.diff(ll) >= -1e-9 * np.abs(ll[1:]))
+    assert acc.loglike[-1] > plain.loglike[-1]
+    # the first two steps of each cycle are plain EM steps from the cycle's start
+    np.testing.assert_allclose(acc.loglike[:2], plain.loglike[:2], rtol=1e-13)
+    long_plain = fit(False, 3000)
+    assert acc.loglike[-1] >= long_plain.loglike[-1] - 1e-3 * abs(long_plain.loglike[-1])
