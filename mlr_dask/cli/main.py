@@ -177,8 +177,9 @@ def _describe_failure(exc: BaseException, args: argparse.Namespace | None) -> tu
     if isinstance(cause, MemoryError):
         return f"{where}: out of memory", 1
     if type(cause).__name__ == "KilledWorker":
-        return (f"{where}: workers died running the same task again and again (out of memory? "
-                f"raise the workers' memory limit or use smaller chunks): {cause}"), 1
+        task = getattr(cause, "task", "?")
+        return (f"{where}: workers died running task {task!r} again and again (out of memory? "
+                "raise the workers' memory limit or use smaller chunks)"), 1
     text = str(cause).strip().splitlines()
     msg = text[0] if text else ""
     return f"{where}: {type(cause).__name__}" + (f": {msg}" if msg else ""), 1

@@ -172,13 +172,15 @@ def test_plan_job_resolves_paths_against_cwd(tmp_path, monkeypatch):
 
 
 def test_failure_lines_for_cluster_errors():
+    from types import SimpleNamespace
+
     from distributed.scheduler import KilledWorker
 
     from mlr_dask.cli.main import _describe_failure
     from mlr_dask.cli.run import StageError
 
     msg, code = _describe_failure(
-        StageError("fit", "fit-fm", KilledWorker("chunk-3", "tcp://w:1", 3), ["/d/Y.zarr"]),
+        StageError("fit", "fit-fm", KilledWorker("chunk-3", SimpleNamespace(address="tcp://w:1"), 3), ["/d/Y.zarr"]),
         None)
     assert code == 1 and msg.startswith("stage 'fit' (fit-fm on '/d/Y.zarr'): workers died")
     assert "memory" in msg
