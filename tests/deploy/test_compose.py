@@ -4,6 +4,9 @@ is published beyond loopback by default, every connection is TLS, the data volum
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import json
 import re
 import shutil
 import subprocess
@@ -33,6 +36,35 @@ def services(compose) -> dict:
 def interpolate(text: str) -> str:
     """Compose's ``${VAR:-default}`` with no variable set: the default."""
     return re.sub(r"\$\{[A-Za-z_][A-Za-z0-9_]*:?-([^}]*)\}", r"\1", text)
+
+
+def compose_validator():
+    import jsonschema
+
+    schema = json.loads((Path(__file__).parent / "compose_spec" / "compose-spec.json")
+                        .read_text())
+    return jsonschema.validators.validator_for(schema)(schema)
+
+
+def test_compose_file_validates_against_the_compose_specification(compose):
+    validator = compose_validator()
+    assert [e.message for e in validator.iter_errors(compose)] == []
+    # the check can fail: an unknown service key, a wrong type, an unknown dependency condition
+    for path, value in ((("services", "worker", "replica"), 2),
+                        (("services", "scheduler", "ports"), "8786:8786"),
+                        (("services", "driver", "depends_on", "scheduler", "condition"), "up")):
+        bad = copy.deepcopy(compose)
+        node = bad
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = value
+        assert list(validator.iter_errors(bad)), path
+
+
+def test_compose_spec_is_the_file_the_readme_names():
+    folder = Path(__file__).parent / "compose_spec"
+    digest = re.search(r"sha256 ([0-9a-f]{64})", (folder / "README.md").read_text()).group(1)
+    assert hashlib.sha256((folder / "compose-spec.json").read_bytes()).hexdigest() == digest
 
 
 def test_every_service_builds_the_image_from_the_repository(services):
