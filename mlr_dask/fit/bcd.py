@@ -6,7 +6,9 @@ block (batched dense SVD for small blocks, warm-started randomized SVD for large
 eigenpairs with clipped eigenvalues for the PSD variant) and subtracts the new ``A_l``. Only the
 level's blocks are touched; the loss is updated from the block norms (``mlr.md`` section 2).
 
-Side outputs per level from its last fit: ``delta_plus`` (sum over blocks of
+Side outputs per level from its last fit: ``gains`` (L, GAIN_DEPTH) (sum over blocks of
+``sigma_{r_l+j}^2``, j = 1..GAIN_DEPTH: the predicted decreases of the next ranks; from a
+randomized SVD only estimates), ``delta_plus`` (sum over blocks of
 ``sigma_{r_l+1}^2``, the predicted loss decrease with one more rank), ``delta_minus``
 (``sigma_{r_l}^2``, the increase with one less), and the ``(r_l+1)``-th singular pairs
 ``next_B`` (m,), ``next_C`` (n,) scaled by ``sqrt(sigma)`` (warm starts for rank moves).
@@ -40,6 +42,8 @@ __all__ = ["BCDState", "init_state", "fit_level", "sweep", "run_bcd", "epoch_ord
 STRIP = 512
 #: Blocks with more entries than this are handled one at a time, not in padded batches.
 BIG = 250_000
+#: Side output ``gains[l]``: predicted loss decreases of the next GAIN_DEPTH ranks of a level.
+GAIN_DEPTH = 4
 
 
 @dataclass
@@ -67,6 +71,7 @@ class BCDState:
     delta_minus: np.ndarray = field(default=None)  # type: ignore[assignment]
     next_B: list[np.ndarray] = field(default=None)  # type: ignore[assignment]
     next_C: list[np.ndarray] = field(default=None)  # type: ignore[assignment]
+    gains: np.ndarray = field(default=None)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         L = len(self.ranks)
@@ -76,6 +81,8 @@ class BCDState:
             self.delta_minus = np.full(L, np.inf)
             self.next_B = [np.zeros(m) for _ in range(L)]
             self.next_C = [np.zeros(n) for _ in range(L)]
+        if self.gains is None:
+            self.gains = np.zeros((L, GAIN_DEPTH))
 
     @property
     def rel_error(self) -> float:
@@ -90,6 +97,7 @@ class BCDState:
             self.loss, self.norm2, self.psd, self.exact_max, self.q, self.seed,
             self.delta_plus.copy(), self.delta_minus.copy(),
             [x.copy() for x in self.next_B], [x.copy() for x in self.next_C],
+            self.gains.copy(),
         )
 
     def exact_loss(self) -> float:
@@ -172,12 +180,17 @@ def _buckets(small: np.ndarray, bm: np.ndarray, bn: np.ndarray) -> list[np.ndarr
     return [small[inv.reshape(-1) == u] for u in range(len(uniq))]
 
 
-def fit_level(st: BCDState, lvl: int) -> None:
+def fit_level(st: BCDState, lvl: int, cold: bool = False) -> None:
     """Refit level ``lvl`` exactly (per block truncated SVD of the residual with the level added
-    back); updates the residual, the factors, the loss and the side outputs in place."""
+    back); updates the residual, the factors, the loss and the side outputs in place.
+    ``cold``: large blocks get the power iterations of a first fit even when warm started
+    (after ranks were added to the level). Cost: one SVD per block (dense below
+    ``st.exact_max``, randomized above: O(block size x rank) per pass)."""
     rb, cb, r = st.rb[lvl], st.cb[lvl], st.ranks[lvl]
     bm, bn = np.diff(rb), np.diff(cb)
     k = r + 1
+    kk = r + GAIN_DEPTH
+    gains = np.zeros(GAIN_DEPTH)
     Bl, Cl = st.B[lvl], st.C[lvl]
     nextB, nextC = st.next_B[lvl], st.next_C[lvl]
     dplus = dminus = 0.0
@@ -198,7 +211,7 @@ def fit_level(st: BCDState, lvl: int) -> None:
         if r:
             G += Bp @ np.swapaxes(Cp, 1, 2)
         if st.psd:
-            V, lam = batched_psd_eig(G, k)
+            V, lam = batched_psd_eig(G, kk)
             s2 = lam**2
             nB = V[:, :, :r] * np.sqrt(lam[:, None, :r])
             nC = nB
@@ -206,7 +219,7 @@ def fit_level(st: BCDState, lvl: int) -> None:
             xC = xB
         elif min(BM, BN) > max(st.exact_max, 3 * (k + 10)):
             warm = r > 0 and bool(np.any(Bp))
-            U, s, V = batched_randomized_svd(G, k, q=0 if warm else st.q,
+            U, s, V = batched_randomized_svd(G, kk, q=0 if warm and not cold else st.q,
                                              init=(Bp, Cp) if warm else None, rng=rng)
             s2 = s**2
             sq = np.sqrt(s)
@@ -214,12 +227,13 @@ def fit_level(st: BCDState, lvl: int) -> None:
             nC = V[:, :, :r] * sq[:, None, :r]
             xB, xC = U[:, :, r] * sq[:, None, r], V[:, :, r] * sq[:, None, r]
         else:
-            U, s, V = batched_svd(G, k)
+            U, s, V = batched_svd(G, kk)
             s2 = s**2
             sq = np.sqrt(s)
             nB = U[:, :, :r] * sq[:, None, :r]
             nC = V[:, :, :r] * sq[:, None, :r]
             xB, xC = U[:, :, r] * sq[:, None, r], V[:, :, r] * sq[:, None, r]
+        gains += s2[:, r:].sum(axis=0)
         dplus += float(s2[:, r].sum())
         if dmin_valid:
             dminus += float(s2[:, r - 1].sum())
@@ -233,27 +247,30 @@ def fit_level(st: BCDState, lvl: int) -> None:
         scatter_rows(nextB.reshape(-1, 1), rb, idx, xB[:, :, None])
         if not st.psd:
             scatter_rows(nextC.reshape(-1, 1), cb, idx, xC[:, :, None])
-    for kk in big:
-        rs, cs = slice(rb[kk], rb[kk + 1]), slice(cb[kk], cb[kk + 1])
+    for bi in big:
+        rs, cs = slice(rb[bi], rb[bi + 1]), slice(cb[bi], cb[bi + 1])
         view = st.R[rs, cs]
         old2 = _sq(view)
         Bk, Ck = Bl[rs], Cl[cs]
         warm = r > 0 and bool(np.any(Bk))
         add_lowrank(view, Bk, Ck, 1.0)
         if st.psd:
-            V, lam = block_psd_eig(view, k, exact_max=st.exact_max, q=0 if warm else st.q,
+            V, lam = block_psd_eig(view, kk, exact_max=st.exact_max,
+                                   q=0 if warm and not cold else st.q,
                                    init=Bk.copy() if warm else None, rng=rng)
             s2 = lam**2
             nB = V[:, :r] * np.sqrt(lam[:r])
             nC = nB
             xB = xC = V[:, r] * np.sqrt(lam[r])
         else:
-            U, s, V = block_svd(view, k, exact_max=st.exact_max, q=0 if warm else st.q,
+            U, s, V = block_svd(view, kk, exact_max=st.exact_max,
+                                q=0 if warm and not cold else st.q,
                                 init=(Bk.copy(), Ck.copy()) if warm else None, rng=rng)
             s2 = s**2
             sq = np.sqrt(s)
             nB, nC = U[:, :r] * sq[:r], V[:, :r] * sq[:r]
             xB, xC = U[:, r] * sq[r], V[:, r] * sq[r]
+        gains += s2[r:]
         dplus += float(s2[r])
         if dmin_valid:
             dminus += float(s2[r - 1])
@@ -266,6 +283,7 @@ def fit_level(st: BCDState, lvl: int) -> None:
         if not st.psd:
             nextC[cs] = xC
     st.loss += delta_loss
+    st.gains[lvl] = gains
     st.delta_plus[lvl] = dplus
     st.delta_minus[lvl] = dminus if dmin_valid else np.inf
 

@@ -126,17 +126,21 @@ def _score_cuts(W: np.ndarray, P: np.ndarray, Q: np.ndarray, balanced: bool, min
     candidates are scored with one product ``W @ C`` (C: b x d side indicators)."""
     a, b = W.shape
     nd = P.shape[1]
-    cuts = []
+    ordr_all = np.argsort(P, axis=0, kind="stable")
+    ordc_all = np.argsort(Q, axis=0, kind="stable")
+    cr_all = _cuts(P, balanced, min_size)
+    cc_all = _cuts(Q, balanced, min_size)
+    # side-0 indicators: the first cr (cc) items of each order
     Rm = np.zeros((a, nd))
     Cm = np.zeros((b, nd))
-    for j in range(nd):
-        ordr = np.argsort(P[:, j], kind="stable")
-        ordc = np.argsort(Q[:, j], kind="stable")
-        cr = _cut(P[ordr, j], balanced, min_size)
-        cc = _cut(Q[ordc, j], balanced, min_size)
-        Rm[ordr[:cr], j] = 1.0
-        Cm[ordc[:cc], j] = 1.0
-        cuts.append((ordr, cr, ordc, cc))
+    cols = np.arange(nd)
+    rank_r = np.empty((a, nd), dtype=np.int64)
+    rank_r[ordr_all, cols] = np.arange(a)[:, None]
+    rank_c = np.empty((b, nd), dtype=np.int64)
+    rank_c[ordc_all, cols] = np.arange(b)[:, None]
+    Rm[rank_r < cr_all] = 1.0
+    Cm[rank_c < cc_all] = 1.0
+    cuts = [(ordr_all[:, j], int(cr_all[j]), ordc_all[:, j], int(cc_all[j])) for j in range(nd)]
     dr, dc = W.sum(axis=1), W.sum(axis=0)
     m00 = np.einsum("ij,ij->j", Rm, W @ Cm)
     r0, c0 = dr @ Rm, dc @ Cm
@@ -174,6 +178,17 @@ def _best_cut(W: np.ndarray, Zr: np.ndarray, Zc: np.ndarray, balanced: bool, min
             best_w, best_s, best_cut = Dl[:, j], score[j], cuts[j]
         step *= 0.5
     return best_cut
+
+
+def _cuts(P: np.ndarray, balanced: bool, min_size: int = 1) -> np.ndarray:
+    """:func:`_cut` of every column of ``P`` (a, d) at once (the count of negative entries does
+    not depend on the order). Returns (d,) sizes of the first side."""
+    n = P.shape[0]
+    if balanced:
+        return np.full(P.shape[1], n // 2, dtype=np.int64)
+    c = np.count_nonzero(P < 0, axis=0)
+    lo, hi = min(min_size, n // 2), max(n - min_size, n - n // 2)
+    return np.clip(c, lo, hi).astype(np.int64)
 
 
 def _cut(vec: np.ndarray, balanced: bool, min_size: int = 1) -> int:

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from mlr_dask.fit.bcd import BCDState, add_lowrank, epoch_order, sweep
+from mlr_dask.fit.bcd import BCDState, add_lowrank, epoch_order, fit_level, sweep
 
 __all__ = ["rank_caps", "move_rank", "allocate_ranks", "grow_ranks"]
 
@@ -217,3 +217,163 @@ def grow_ranks(
                 callback(info)
             step += 1
     return st_ref[0], steps
+
+
+def _pad_level(st: BCDState, lvl: int, extra: int) -> None:
+    """Add ``extra`` zero columns to the factors of level ``lvl`` (the fit fills them)."""
+    st.B[lvl] = np.ascontiguousarray(np.pad(st.B[lvl], ((0, 0), (0, extra))))
+    if st.psd:
+        st.C = st.B
+    else:
+        st.C[lvl] = np.ascontiguousarray(np.pad(st.C[lvl], ((0, 0), (0, extra))))
+    st.ranks[lvl] += extra
+
+
+def pick_by_gains(gains: np.ndarray, ranks: Sequence[int], caps: Sequence[int],
+                  count: int) -> np.ndarray:
+    """Split ``count`` new ranks over the levels by the predicted gains: the ``count`` largest
+    entries of the per-level gain curves ``gains`` (L, G) (non-increasing per level), a level's
+    curve extended by its last entry past G, each level below its cap. Returns (L,) counts."""
+    L, depth = gains.shape
+    room = np.maximum(np.asarray(caps) - np.asarray(ranks), 0)
+    vals, lvls = [], []
+    for lvl in range(L):
+        n_l = int(min(room[lvl], count))
+        if n_l <= 0:
+            continue
+        g = np.asarray(gains[lvl], dtype=np.float64)
+        curve = np.concatenate([g, np.full(max(0, n_l - depth), g[-1])])[:n_l]
+        vals.append(curve)
+        lvls.append(np.full(n_l, lvl))
+    add = np.zeros(L, dtype=np.int64)
+    if not vals:
+        return add
+    v, lv = np.concatenate(vals), np.concatenate(lvls)
+    top = np.argsort(-v, kind="stable")[:count]
+    np.add.at(add, lv[top], 1)
+    return add
+
+
+def grow_by_gains(
+    st: BCDState,
+    total: int,
+    *,
+    per_step: int = 2,
+    max_steps: int | None = None,
+    callback: Callable[[dict[str, Any]], None] | None = None,
+) -> tuple[BCDState, list[dict[str, Any]]]:
+    """Grow the allocation of ``st`` (side outputs from a recent sweep) up to ``total``: each
+    step adds one rank to each of the ``per_step`` levels of largest predicted gain
+    ``delta_plus`` (below their caps; each new column is the level's stored next singular
+    pair, :func:`move_rank`), then runs one BCD epoch (fresh side outputs). Growing a few
+    ranks at a time matters: BCD started from zero factors with the final ranks stalls far
+    above the error that this continuation reaches. With ``max_steps``, the last step adds
+    all that is left (by the gain curves ``st.gains``, several ranks per level). Cost per
+    step: about one BCD epoch. Returns the state (changed in place) and the steps
+    ``{"step", "src": None, "dst": [levels], "rel_error", "ranks"}``."""
+    L = len(st.ranks)
+    caps = rank_caps(st.rb, st.cb)
+    order = epoch_order(L)
+    steps: list[dict[str, Any]] = []
+    step = 0
+    while sum(st.ranks) < total:
+        deficit = total - sum(st.ranks)
+        if max_steps is not None and step >= max_steps - 1:
+            add = pick_by_gains(st.gains, st.ranks, caps, deficit)
+            if not add.any():
+                break
+            for lvl in np.flatnonzero(add):
+                _pad_level(st, int(lvl), int(add[lvl]))
+            for lvl in np.flatnonzero(add):
+                fit_level(st, int(lvl), cold=True)
+            dst = [int(x) for x in np.flatnonzero(add)]
+        else:
+            cand = sorted((-float(st.delta_plus[i]), i) for i in range(L)
+                          if st.ranks[i] < caps[i])
+            if not cand:
+                break
+            dst = [i for _, i in cand[:min(per_step, deficit)]]
+            for lvl in dst:
+                move_rank(st, None, lvl)
+        sweep(st, order)
+        st.exact_loss()
+        info = {"step": step, "src": None, "dst": dst, "rel_error": st.rel_error,
+                "ranks": list(st.ranks)}
+        steps.append(info)
+        if callback:
+            callback(info)
+        step += 1
+    return st, steps
+
+
+def exchange_ranks(
+    st: BCDState,
+    *,
+    n_trials: int = 3,
+    eps: float = 1e-3,
+    max_steps: int = 32,
+    threads: int = 1,
+    callback: Callable[[dict[str, Any]], None] | None = None,
+) -> tuple[BCDState, list[dict[str, Any]]]:
+    """Greedy rank exchange at a fixed total with local trials: each step tries the
+    ``n_trials`` moves ``j -> i`` of largest predicted gain ``gains[i, 0] - delta_minus[j]``,
+    each on a copy (:func:`move_rank`, then the two levels refitted), and accepts the best if
+    it lowers the loss by more than ``eps`` (relative). When no trial pays, one BCD epoch
+    refreshes the side outputs and the step is retried once; a second miss in a row stops.
+    The move just made is not undone at the next step. At most ``max_steps`` steps (trial
+    rounds and refresh epochs together). Cost per step: ``n_trials`` copies of the residual
+    and 2 level fits each (``threads`` trials at a time). Returns the final state (never worse
+    than ``st``) and the accepted moves ``{"step", "src", "dst", "rel_error", "ranks"}``."""
+    L = len(st.ranks)
+    caps = rank_caps(st.rb, st.cb)
+    moves: list[dict[str, Any]] = []
+    if L < 2:
+        return st, moves
+    order = epoch_order(L)
+    cur = st
+    last: tuple[int, int] | None = None
+    fresh = True
+
+    def trial(pair: tuple[int, int]) -> BCDState:
+        t = cur.copy()
+        move_rank(t, pair[0], pair[1])
+        for lvl in sorted(set(pair)):
+            fit_level(t, lvl)
+        t.exact_loss()
+        return t
+
+    n_workers = max(1, min(threads, n_trials))
+    with _blas_single_thread(n_workers > 1), ThreadPoolExecutor(max_workers=n_workers) as pool:
+        for step in range(max_steps):
+            cand = []
+            for j in range(L):
+                if cur.ranks[j] < 1 or not np.isfinite(cur.delta_minus[j]):
+                    continue
+                for i in range(L):
+                    if i == j or cur.ranks[i] >= caps[i]:
+                        continue
+                    if last is not None and (j, i) == (last[1], last[0]):
+                        continue
+                    cand.append((cur.delta_minus[j] - cur.gains[i, 0], j, i))
+            if not cand:
+                break
+            cand.sort()
+            pairs = [(j, i) for _, j, i in cand[:n_trials]]
+            results = (list(pool.map(trial, pairs)) if n_workers > 1
+                       else [trial(p) for p in pairs])
+            q = min(range(len(pairs)), key=lambda x: results[x].loss)
+            t = results[q]
+            if t.loss < cur.loss * (1.0 - eps):
+                cur, last, fresh = t, pairs[q], False
+                info = {"step": step, "src": pairs[q][0], "dst": pairs[q][1],
+                        "rel_error": t.rel_error, "ranks": list(t.ranks)}
+                moves.append(info)
+                if callback:
+                    callback(info)
+                continue
+            if fresh:
+                break
+            sweep(cur, order)  # refresh the side outputs, then one more try
+            cur.exact_loss()
+            fresh = True
+    return cur, moves
