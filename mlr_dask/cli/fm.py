@@ -127,16 +127,19 @@ def _open_input(args: argparse.Namespace) -> tuple[Any, Any]:
         raise InputError(f"no such data store: {args.data!r}")
     if not args.levels and args.learn is None:
         return args.data, None
-    import xarray as xr
+    return _xarray_variable(args.data, args.array), args.levels
 
-    try:
-        ds = xr.open_zarr(args.data, consolidated=False)
-    except Exception as exc:
-        raise InputError(f"{args.data!r} is not an xarray zarr store: {exc}") from None
-    name = args.array or next(iter(ds.data_vars), None)
+
+def _xarray_variable(path: str, name: str | None) -> Any:
+    """Variable ``name`` (default: the only or first data variable) of an xarray zarr store,
+    read lazily through the checked store."""
+    from mlr_dask.io import open_dataset
+
+    ds = open_dataset(path)
+    name = name or next(iter(ds.data_vars), None)
     if name not in ds.data_vars:
-        raise InputError(f"{args.data!r} has no variable {name!r}")
-    return ds[name], args.levels
+        raise InputError(f"{path!r} has no variable {name!r} (variables: {list(ds.data_vars)})")
+    return ds[name]
 
 
 def run_fit_fm(args: argparse.Namespace) -> dict[str, Any]:
@@ -234,6 +237,14 @@ def run_score(args: argparse.Namespace) -> dict[str, Any]:
     model = MultilevelFactorModel.load(args.model)
     if not store_exists(args.data):
         raise InputError(f"no such data store: {args.data!r}")
+    from mlr_dask.io import store_kind
+
+    if store_kind(args.data) is None:  # an xarray store (what fit-fm --levels accepts)
+        da = _xarray_variable(args.data, args.array)
+        with _scheduler(args, n_workers=args.workers):
+            ll = np.asarray(model.score_samples(da))
+        return {"score": float(ll.mean()), "n_samples": int(ll.size), "array": da.name,
+                "model": args.model, "data": args.data}
     array = args.array
     if array is None:
         _, _, g = open_data(args.data)
