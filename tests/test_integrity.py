@@ -199,3 +199,16 @@ def test_url_stores_follow_the_same_rules(capsys):
     code, _, err = run([*fit, "--out", A.replace("A.zarr", "M.zarr/inner.zarr")], capsys)
     assert code == 2 and "inside the zarr store 'memory://integrity-test/M.zarr'" in \
         _one_error_line(err)
+
+
+def test_info_verify_reads_every_checksum(matrix_store, tmp_path, capsys):
+    import json
+
+    A = _copy(matrix_store, tmp_path)
+    code, out, _ = run(["info", str(A), "--verify", "--json"], capsys)
+    assert code == 0 and json.loads(out)["integrity"] == {"ok": True, "arrays": 1,
+                                                          "chunks_checked": 9}
+    damage(A / "A" / "c" / "2" / "2", "garbage")
+    assert main(["info", str(A), "--quiet"]) == 0  # presence only
+    code, _, err = run(["info", str(A), "--verify"], capsys)
+    assert code == 2 and "chunk (2, 2)" in _one_error_line(err)

@@ -18,6 +18,8 @@ from mlr_dask.io import FORMAT_KEY, VERSION_KEY
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("info", parents=[common], help="describe what is in a zarr store")
     p.add_argument("path", help="a zarr store written by mlr-dask, or an xarray zarr store")
+    p.add_argument("--verify", action="store_true",
+                   help="also check the crc32c checksum of every chunk (reads the whole store)")
     p.set_defaults(func=run_info)
 
 
@@ -98,7 +100,14 @@ def run_info(args: argparse.Namespace) -> dict[str, Any]:
     if not store_exists(loc):
         raise FormatError(f"no such store: {loc!r}")
     if store_kind(loc) is not None:
-        return {"path": loc, **_describe(open_group(loc, max_version=10**6))}
+        out = {"path": loc, **_describe(open_group(loc, max_version=10**6))}
+        if args.verify:
+            from mlr_dask.io import verify_store
+
+            out["integrity"] = {"ok": True, **verify_store(loc, checksums=True)}
+        return out
+    if args.verify:
+        raise InputError("--verify needs an mlr-dask store")
     try:
         zarr.open_group(loc, mode="r")
     except Exception as exc:
