@@ -282,30 +282,34 @@ def _method_task_packed(method: str, args: tuple) -> dict[str, Any]:
 
 
 class _Stages:
-    """Times stages and drives one progress bar (tqdm.auto on stderr)."""
+    """Times the stages of a run and publishes a ``gam`` event as each ends (``step`` of
+    ``total`` stages, ``gam_stage``, ``seconds``); unless quiet, tqdm bars on stderr are driven
+    by those events."""
 
     def __init__(self, names: list[str], quiet: bool) -> None:
-        from tqdm.auto import tqdm
+        from mlr_dask.events import ProgressBars
 
         self.seconds: dict[str, float] = {}
-        self.bar = tqdm(total=len(names), desc="gam", file=sys.stderr, disable=quiet,
-                        leave=False)
+        self.total = len(names)
+        self.bars = ProgressBars(file=sys.stderr, disable=quiet).__enter__()
         self._t = time.perf_counter()
         self._name = ""
 
     def start(self, name: str) -> None:
         self._t = time.perf_counter()
         self._name = name
-        self.bar.set_description(f"gam: {name}")
 
     def stop(self, seconds: float | None = None) -> None:
+        from mlr_dask import events
+
         self.seconds[self._name] = (
             time.perf_counter() - self._t if seconds is None else seconds
         )
-        self.bar.update(1)
+        events.publish("gam", len(self.seconds), self.total, gam_stage=self._name,
+                       seconds=self.seconds[self._name])
 
     def close(self) -> None:
-        self.bar.close()
+        self.bars.__exit__(None, None, None)
 
 
 def run_gam(

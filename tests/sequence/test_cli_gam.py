@@ -190,3 +190,26 @@ def test_acceptance_run(capsys):
     assert ce_pi["pg"] > 1.2 * ce_pi["distill"]
     assert res["motif_freq_pi"]["pg"] < 0.5 * res["motif_freq_pi"]["distill"]
     assert res["seconds"]["total"] < 20 * 60
+
+
+def test_gam_run_publishes_stage_events(capsys):
+    pytest.importorskip("torch")
+    from mlr_dask import events
+
+    got = []
+    unsubscribe = events.subscribe(got.append)
+    try:
+        code, _, _ = _run(["gam", "run", "--motif", "0110", "--train-size", "60", "--hidden",
+                           "8", "--methods", "distill", "--set", "n=8", "--set",
+                           "test_size=200", "--set", "r_max_epochs=2", "--set",
+                           "pool_size=2000", "--set", "distill_samples=100", "--set",
+                           "max_proposals=20000", "--set", "distill_max_epochs=2", "--set",
+                           "free_samples=100", "--set", "n_shards=2", "--scheduler", "threads",
+                           "--json", "--quiet"], capsys)
+    finally:
+        unsubscribe()
+    assert code == 0
+    gam = [e for e in got if e["stage"] == "gam"]
+    assert [e["step"] for e in gam] == list(range(1, len(gam) + 1))
+    assert gam[-1]["step"] == gam[-1]["total"] and gam[-1]["gam_stage"] == "eval"
+    assert {e["gam_stage"] for e in gam} >= {"train_r", "pool", "lambda", "distill"}
