@@ -42,12 +42,14 @@ def watch(client: Any = None, job: str | None = None, *, hierarchy: Any = None,
     Shows one progress bar per (job, stage), the convergence curves (log-likelihood, relative
     error), the ranks per level, the hierarchy as blocks and the Dask dashboard link. The
     events of this process are always watched (they arrive once even when the scheduler echoes
-    them). Stop the feeds with ``Monitor.close()``. Cost: one round trip to the scheduler for
+    them). In a kernel, the call also loads BokehJS into the page (inline). Stop the feeds
+    with ``Monitor.close()``. Cost: one round trip to the scheduler for
     the backlog, then O(1) widget patches per event.
     """
-    from mlr_dask.monitor.widget import Monitor, require_widgets
+    from mlr_dask.monitor.widget import Monitor, load_bokehjs, require_widgets
 
     require_widgets()
+    load_bokehjs()
     if client is None:
         try:
             from distributed import default_client

@@ -17,7 +17,7 @@ from typing import Any
 from mlr_dask.errors import InputError
 from mlr_dask.monitor.state import Change, JobState, MonitorState, block_rects
 
-__all__ = ["Monitor", "require_widgets"]
+__all__ = ["Monitor", "require_widgets", "load_bokehjs"]
 
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
            "#7f7f7f", "#bcbd22", "#17becf")
@@ -40,6 +40,21 @@ def require_widgets() -> None:
         raise InputError(
             f"the monitor needs {', '.join(missing)}: pip install 'mlr-dask[jupyter]'"
         )
+
+
+def load_bokehjs() -> None:
+    """In an IPython kernel, put BokehJS (inline, no network) in the page: the plots widget
+    draws with it. Outside a kernel, nothing."""
+    try:
+        from IPython import get_ipython
+    except ImportError:  # pragma: no cover - ipywidgets depends on IPython
+        return
+    if get_ipython() is None:
+        return
+    from bokeh.io import output_notebook
+    from bokeh.resources import INLINE
+
+    output_notebook(INLINE, hide_banner=True)
 
 
 def _short(job: str, name: str | None) -> str:
