@@ -108,6 +108,8 @@ def test_watch_local_events_update_widgets():
     mon = monitor.watch(None, hierarchy=Hierarchy.dyadic(16, 3))
     try:
         assert len(mon.hier_source.data["left"]) == 1 + 2 + 4
+        assert mon.hier_fig.visible and not mon.ranks_fig.visible
+        assert not any(f.visible for f in mon.figures.values())
         with events.job() as jid:
             for i in range(4):
                 events.publish("fit epochs", i + 1, 4, rel_error=0.5 / (i + 1), ranks=[3, 2, 1])
@@ -119,6 +121,8 @@ def test_watch_local_events_update_widgets():
     assert (bar.value, bar.max, bar.bar_style) == (4, 4, "success")
     assert "4/4" in label.value
     assert mon.ranks_source.data["rank"] == [3, 2, 1]
+    assert mon.ranks_fig.visible and mon.figures["error"].visible
+    assert not mon.figures["loglike"].visible
     # closed: no more updates
     with events.job():
         events.publish("after", 1, 1)

@@ -104,6 +104,9 @@ class Monitor:
                                y_axis_label="level", name="fig-hierarchy")
         self.hier_fig.quad(left="left", right="right", bottom="bottom", top="top",
                            color="color", line_color="white", source=self.hier_source)
+        # a figure shows once it has something to draw
+        for fig in (*self.figures.values(), self.ranks_fig, self.hier_fig):
+            fig.visible = False
         self.layout = column(row(self.figures["loglike"], self.figures["error"]),
                              row(self.ranks_fig, self.hier_fig))
         from jupyter_bokeh import BokehModel
@@ -210,6 +213,7 @@ class Monitor:
         if len(self.state.jobs) > 1 and js is not None:
             label = f"{_short(job, js.name)}: {label}"
         fig = self.figures[FIGURES[metric]]
+        fig.visible = True
         fig.line("x", "y", source=src, color=color, legend_label=label, line_width=2)
         fig.scatter("x", "y", source=src, color=color, size=4)
         fig.legend.location = "bottom_right" if metric == "loglike" else "top_right"
@@ -221,6 +225,7 @@ class Monitor:
         if js is None or js.ranks is None:
             return
         self.ranks_source.data = {"level": list(range(len(js.ranks))), "rank": list(js.ranks)}
+        self.ranks_fig.visible = True
         self.ranks_fig.title.text = (f"ranks per level {js.ranks} (job {_short(js.job, js.name)},"
                                      f" {js.ranks_stage})")
 
@@ -237,6 +242,7 @@ class Monitor:
             "color": ["#bbbbbb" if r[3] < 0 else PALETTE[r[3] % len(PALETTE)] for r in rects],
         }
         self.hier_fig.title.text = f"hierarchy: blocks per level {counts}"
+        self.hier_fig.visible = True
 
     # ------------------------------------------------------------------ display
     def refresh(self) -> None:
