@@ -38,7 +38,7 @@ def test_mlr_html():
 
 def test_model_html_unfitted_and_fitted():
     h = Hierarchy([[0, 12], [0, 6, 12], [0, 3, 6, 9, 12]])
-    model = MultilevelFactorModel(h, ranks=[2, 1, 1], max_iter=5)
+    model = MultilevelFactorModel(h, ranks=[2, 1, 1], max_iter=300, tol=1e-4)
     out = model._repr_html_()
     assert ">fitted</th><td style='padding:1px 8px'>no" in out and "[2, 1, 1]" in out
     rng = np.random.default_rng(1)
