@@ -41,7 +41,11 @@ MIN_GAIN = 1e-3
 #: Smallest group a learned split creates (when the group allows it).
 MIN_GROUP = 2
 #: EM iterations of each warm-started rank trial.
-TRIAL_ITER = 60
+TRIAL_ITER = 300
+#: Trials start from the current parameters (else from the SVD start).
+WARM = True
+#: Each round also tries adding half the level's current rank (escapes plateaus).
+BIG_MOVES = True
 #: Largest number of rounds of the greedy rank search.
 MAX_ROUNDS = 200
 
@@ -186,13 +190,16 @@ def auto_ranks(model: Any, Y: Any, hier: Any, *, array: str | None = None
     for rnd in range(1, MAX_ROUNDS + 1):
         cands = []
         for lvl in range(n_factor):
-            s2 = list(spec)
-            s2[lvl] += 1
-            t2 = make_tree(h, s2)[0]
-            if all(np.array_equal(a, b) for a, b in zip(t2.group_ranks, tree.group_ranks,
-                                                           strict=True)):
-                continue  # every group of the level is at its cap
-            cands.append((s2, t2, (_grow(F, tree, t2, D, rng), D)))
+            for inc in sorted({1, max(1, spec[lvl] // 2)} if BIG_MOVES else {1}):
+                s2 = list(spec)
+                s2[lvl] += inc
+                t2 = make_tree(h, s2)[0]
+                if all(np.array_equal(a, b) for a, b in zip(t2.group_ranks, tree.group_ranks,
+                                                               strict=True)):
+                    continue  # every group of the level is at its cap
+                if any(c[0] == s2 for c in cands):
+                    continue
+                cands.append((s2, t2, (_grow(F, tree, t2, D, rng), D) if WARM else None))
         if not cands:
             break
         if client is not None:
