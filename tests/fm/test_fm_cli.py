@@ -229,3 +229,30 @@ def test_fit_xarray_store_with_levels(tmp_path, capsys):
     code, _, err = run(["fit-fm", str(store), "--levels", "sector,nope", "--ranks", "2,1,1",
                         "--out", str(tmp_path / "x.zarr"), "--scheduler", "threads"], capsys)
     assert code == 2 and "nope" in err and not (tmp_path / "x.zarr").exists()
+
+
+def test_fit_xarray_store_learn_auto_standardize(tmp_path, capsys):
+    xr = pytest.importorskip("xarray")
+    rng = np.random.default_rng(0)
+    n, N = 12, 200
+    Y = rng.standard_normal((N, 2)) @ rng.standard_normal((2, n)) * 3 + rng.standard_normal((N, n))
+    Y *= np.linspace(1, 50, n)
+    ds = xr.Dataset({"returns": (("sample", "feature"), Y)},
+                    coords={"feature": [f"S{i}" for i in range(n)]})
+    data = tmp_path / "ret.zarr"
+    ds.to_zarr(data, consolidated=False)
+    out = tmp_path / "m.zarr"
+    code, stdout, err = run(["fit-fm", str(data), "--learn", "2", "--ranks", "auto",
+                             "--standardize", "--out", str(out), "--scheduler", "threads",
+                             "--json", "--quiet"], capsys)
+    assert code == 0, err
+    res = json.loads(stdout)
+    assert len(res["ranks"]) == 2 and res["n_features"] == n
+    m = MultilevelFactorModel.load(out)
+    assert m.hierarchy_.n_blocks == (1, 2)
+    np.testing.assert_allclose(m.scale_, Y.std(0), rtol=1e-10)
+    assert list(m.loadings_.coords["feature"].values) == [f"S{i}" for i in range(n)]
+    code, stdout, err = run(["score", str(out), str(data), "--scheduler", "threads", "--json"],
+                            capsys)
+    assert code == 0, err
+    assert json.loads(stdout)["score"] == pytest.approx(m.score(Y), rel=1e-10)
