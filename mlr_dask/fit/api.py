@@ -1,15 +1,15 @@
 """``fit_mlr``: fit an MLR matrix to a dense matrix, a Dask array, a zarr matrix store or a
 matvec-only operator, learning the hierarchy and the rank allocation when asked.
 
-Stages (times in ``history_["seconds"]``): ``load``, ``partition`` (top-down spectral, or the
-given hierarchy), ``rank_allocation`` (greedy growth from the atoms for ``init="bottom"``, then
-greedy exchange), ``fit`` (BCD or ALS until converged).
+This module validates the input and picks the engine: the in-memory pipeline
+(:mod:`mlr_dask.fit.pipeline`: partition -> allocate -> fit -> compare with low rank and low
+rank + diagonal) or the Dask engine (:mod:`mlr_dask.fit.dask`, fixed hierarchy). Times per
+stage are in ``history_["seconds"]``.
 """
 
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,63 +18,38 @@ import numpy as np
 import scipy.sparse.linalg as spla
 
 from mlr_dask.errors import InputError
+from mlr_dask.fit import pipeline
 from mlr_dask.fit.als import run_als
 from mlr_dask.fit.bcd import BCDState, init_state, run_bcd
-from mlr_dask.fit.partition import atom_counts, spectral_partition
-from mlr_dask.fit.ranks import allocate_ranks as _allocate
-from mlr_dask.fit.ranks import grow_ranks, rank_caps
+from mlr_dask.fit.options import (
+    DEFAULT_MAX_RANK_MOVES,
+    AllocationOptions,
+    FitOptions,
+    Options,
+    PartitionOptions,
+    Reporter,
+    default_threads,
+)
+from mlr_dask.fit.partition import atom_counts
+from mlr_dask.fit.pipeline import (
+    BEST_INITS,
+    als_affordable,
+    initial_ranks,
+    partition_ranks,
+    start_ranks,
+)
+from mlr_dask.fit.ranks import rank_caps
+from mlr_dask.fit.store import MatrixStore, load_matrix_store
 from mlr_dask.hierarchy import Hierarchy
 from mlr_dask.mlr import DENSE_LIMIT_BYTES, MLRMatrix
 
 __all__ = ["fit_mlr", "fit_factors", "default_levels", "initial_ranks", "partition_ranks",
            "start_ranks", "INITS", "BEST_INITS", "DEFAULT_INIT",
-           "load_matrix_store", "als_affordable",
-           "MatrixStore"]
+           "load_matrix_store", "als_affordable", "MatrixStore", "DEFAULT_MAX_RANK_MOVES"]
 
-
-class MatrixStore:
-    """A dense matrix store (format ``matrix`` v1) opened lazily.
-
-    ``array``: the zarr array ``A`` in stored order; ``rows`` / ``cols``: the stored hierarchies
-    (``None`` when the store is in original order); ``attrs``: the group attributes.
-    """
-
-    def __init__(self, path: str | os.PathLike) -> None:
-        from mlr_dask.io import open_group
-
-        g = open_group(path, "matrix", 1)
-        if "A" not in g:
-            raise InputError(f"matrix store {str(path)!r} has no array 'A'")
-        self.path = str(path)
-        self.array = g["A"]
-        if len(self.array.shape) != 2:
-            raise InputError(f"array 'A' must be 2-D, got shape {self.array.shape}")
-        self.rows = Hierarchy.read_zarr(g["rows"]) if "rows" in g else None
-        self.cols = Hierarchy.read_zarr(g["cols"]) if "cols" in g else None
-        if (self.rows is None) != (self.cols is None):
-            raise InputError("matrix store has only one of the 'rows' / 'cols' hierarchies")
-        m, n = self.array.shape
-        if self.rows is not None and (self.rows.n != m or self.cols.n != n):
-            raise InputError("the stored hierarchies do not match the size of 'A'")
-        self.attrs = dict(g.attrs)
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return tuple(self.array.shape)  # type: ignore[return-value]
-
-    def dense_original(self) -> np.ndarray:
-        """The whole matrix in original order (materializes m x n numbers)."""
-        A = np.asarray(self.array[...], dtype=np.float64)
-        if self.rows is None:
-            return A
-        out = np.empty_like(A)
-        out[np.ix_(self.rows.perm, self.cols.perm)] = A
-        return out
-
-
-def load_matrix_store(path: str | os.PathLike) -> MatrixStore:
-    """Open a dense matrix store written by ``mlr-dask generate`` (format checks included)."""
-    return MatrixStore(path)
+#: Starting allocations of a learned hierarchy (``fit_mlr(init=...)``).
+INITS = ("best", "bottom", "uniform", "spread", "top")
+DEFAULT_INIT = "best"
 
 
 def default_levels(m: int, n: int) -> int:
@@ -82,90 +57,6 @@ def default_levels(m: int, n: int) -> int:
     ``ceil(log2(min(m, n))) + 1`` levels (at least 1)."""
     short = min(m, n)
     return 1 if short < 2 else int(np.ceil(np.log2(short))) + 1
-
-
-def initial_ranks(rank: int, caps: Sequence[int], atoms: bool) -> list[int]:
-    """Spread ``rank`` over the levels: 1 for a last level of atoms, the rest as evenly as
-    possible (coarse levels first), respecting the caps; what does not fit goes to level 0."""
-    L = len(caps)
-    out = [0] * L
-    left = rank
-    if atoms and L > 1:
-        out[-1] = min(1, caps[-1], left)
-        left -= out[-1]
-        todo = list(range(L - 1))
-    else:
-        todo = list(range(L))
-    while left > 0 and todo:
-        share, extra = divmod(left, len(todo))
-        nxt = []
-        for i, lvl in enumerate(todo):
-            want = share + (1 if i < extra else 0)
-            got = min(want, caps[lvl] - out[lvl])
-            out[lvl] += got
-            left -= got
-            if out[lvl] < caps[lvl]:
-                nxt.append(lvl)
-        if len(nxt) == len(todo) and share == 0 and extra == 0:
-            break
-        todo = nxt
-    if left > 0:
-        raise InputError(f"rank {rank} exceeds the total capacity {sum(caps)} of the levels")
-    return out
-
-
-def partition_ranks(rank: int, n_levels: int, caps: Sequence[int], atoms: bool) -> list[int]:
-    """Starting ranks for a learned hierarchy: half of the rank on the root, the rest spread
-    evenly over the next (up to five) levels, 1 on a last level of atoms; capped by ``caps``
-    (the excess goes to the root)."""
-    L = n_levels
-    out = [0] * L
-    if L == 1:
-        return [rank]
-    left = rank
-    if atoms:
-        out[-1] = min(1, caps[-1])
-        left -= out[-1]
-    out[0] = left - left // 2
-    mids = list(range(1, min(6, L - (1 if atoms else 0))))
-    rest = left // 2
-    for i, lvl in enumerate(mids):
-        out[lvl] = rest // len(mids) + (1 if i < rest % len(mids) else 0)
-    if not mids:
-        out[0] += rest
-    for lvl in range(1, L):
-        extra = max(0, out[lvl] - caps[lvl])
-        out[lvl] -= extra
-        out[0] += extra
-    return out
-
-
-#: Starting allocations of a learned hierarchy (``fit_mlr(init=...)``).
-INITS = ("best", "bottom", "uniform", "spread", "top")
-#: The starts that ``init="best"`` tries, in order (ties keep the first).
-BEST_INITS = ("bottom", "uniform")
-DEFAULT_INIT = "best"
-
-
-def start_ranks(init: str, rank: int, n_levels: int, caps: Sequence[int]) -> list[int]:
-    """Ranks per level used while a hierarchy of ``n_levels`` levels (last: atoms) is learned.
-
-    ``"spread"``: :func:`partition_ranks`; ``"uniform"``: :func:`initial_ranks` (1 on the
-    atoms, the rest evenly); ``"top"``: all on the root; ``"bottom"``: 1 on the atoms and 0
-    elsewhere (the partition is then recursive co-clustering of ``A o A`` and the rest of the
-    rank is added afterwards by greedy growth). ``caps`` (n_levels,) bound the levels."""
-    L = n_levels
-    if L == 1:
-        return [rank]
-    if init == "spread":
-        return partition_ranks(rank, L, caps, True)
-    if init == "uniform":
-        return initial_ranks(rank, caps, True)
-    if init == "top":
-        return [rank] + [0] * (L - 1)
-    if init == "bottom":
-        return [0] * (L - 1) + [min(1, rank, caps[-1])]
-    raise InputError(f"unknown init {init!r}")
 
 
 def _check_dense(A: np.ndarray) -> np.ndarray:
@@ -271,6 +162,7 @@ def _is_dask(A: Any) -> bool:
     return isinstance(A, da.Array)
 
 
+
 def fit_mlr(
     A: Any,
     rank: int | None = None,
@@ -292,8 +184,11 @@ def fit_mlr(
     split_vectors: int = 4,
     partition_epochs: int = 1,
     alloc_eps: float = 1e-3,
-    alloc_max_steps: int = 200,
-    n_jobs: int = 2,
+    alloc_max_steps: int | None = None,
+    max_rank_moves: int | None = None,
+    threads: int | None = None,
+    n_jobs: int | None = None,
+    baselines: bool = True,
     seed: int = 0,
     backend: str = "auto",
     client: Any = None,
@@ -316,43 +211,36 @@ def fit_mlr(
     partition : ``"spectral"`` (learn, in memory), ``"dyadic"`` (bisection in the given order,
         atoms last) or ``"given"`` (the hierarchy stored with a zarr matrix).
     init : starting rank allocation of a learned hierarchy (ignored when ``ranks`` is given
-        or the hierarchy is fixed). ``"best"`` (default): the learned fit from each start of
-        :data:`BEST_INITS` (``"bottom"``, ``"uniform"``), the lowest error kept (about twice
-        the time of one). ``"bottom"`` wins on kernel matrices (r = 28: radial n = 5000 0.0553,
-        DGT 5000 x 7000 0.1652; with single-vector splits, radial n = 2000 0.053 against 0.102
-        for ``"uniform"`` and 0.088 for ``"spread"``, the former default), ``"uniform"`` on
-        matrices with strong coarse levels (MLR plus 10% noise, n = 1000: 0.112 against 0.147).
-        ``"bottom"``: rank only on the atoms while partitioning, so the hierarchy is
-        recursive co-clustering of ``A o A``; then the rank grows from a diagonal model one
-        unit at a time (each step tries the 3 levels of largest predicted gain, each with one
-        warm-started BCD epoch, and keeps the best; see
-        :func:`mlr_dask.fit.ranks.grow_ranks`), then the rank exchange (if
-        ``allocate_ranks``) and the final fit. ``"spread"``: half on the root, the rest over
-        the next five levels, 1 on the atoms (:func:`partition_ranks`); ``"uniform"``: 1 on
-        the atoms, the rest evenly (:func:`initial_ranks`); ``"top"``: all on the root.
-    allocate_ranks : run the greedy rank exchange (the growth of ``init="bottom"`` runs
-        regardless: it is what reaches the total rank).
-    balanced, refine, split : partitioning options: equal halves (default: cut at the sign
-        change, keeping enough items for the levels below), greedy swap refinement (default on;
-        both defaults gave lower errors on the kernel matrices), ``"normalized"`` (bipartite
-        co-clustering of ``R o R``, default) or ``"centered"`` (leading pair of the
-        double-centered ``R o R``, as in ``mlr.md``).
-    split_vectors : dimension of the spectral embedding in which each split searches its cut
-        (``split="normalized"`` and symmetric splits; see :func:`mlr_dask.fit.partition.
-        split_block`). 1 orders by the leading non-trivial vector alone; 4 (default) lowered
-        the error on DGT 5000 x 7000 from 0.178 to 0.165 (r = 28).
-    partition_epochs : BCD epochs of the coarser levels before each split (as in the spec: 1;
-        no effect with ``init="bottom"``, where nothing above the atoms is fitted yet). With
-        ``init="spread"``, 8 gave 0.0906 instead of 0.0942 on the radial kernel at n = 5000, but
-        0.204 instead of 0.190 on DGT 5000 x 7000.
+        or the hierarchy is fixed). ``"best"`` (default): ``"bottom"`` or ``"uniform"``,
+        whichever gives the lower error when the whole pipeline runs on a random principal
+        submatrix of a quarter of each side (:func:`mlr_dask.fit.pipeline.pick_start`; both
+        in full on small matrices). ``"bottom"`` tends to win on kernel matrices,
+        ``"uniform"`` on matrices with strong coarse levels. ``"bottom"``: rank only on the
+        atoms while partitioning, so the hierarchy is recursive co-clustering of ``A o A``;
+        then the rank grows one unit per step on the level of largest predicted gain, each
+        step followed by one BCD epoch (a continuation: BCD started with the final ranks
+        stalls far higher). ``"spread"``: half on the root, the rest over the next five
+        levels, 1 on the atoms; ``"uniform"``: 1 on the atoms, the rest evenly; ``"top"``:
+        all on the root.
+    allocate_ranks : run the rank exchange after the start (the growth of ``init="bottom"``
+        runs regardless: it is what reaches the total rank).
+    max_rank_moves : bound on the steps of rank allocation, growth and exchange together
+        (default :data:`DEFAULT_MAX_RANK_MOVES`; ``alloc_max_steps`` is an older name). When
+        growth would need more steps, its last step adds all the rest by the predicted gains.
+    alloc_eps : an exchange is accepted when it lowers the loss by this fraction.
+    threads : BLAS / numba threads of every in-memory stage (threadpoolctl limits), and
+        parallel rank-allocation trials (one BLAS thread each); default: the cores this
+        process may use. ``n_jobs`` is an older name.
+    baselines : also fit low rank and low rank + diagonal at the same storage (in memory)
+        and return the best of the three; ``history_`` reports all three errors.
+    balanced, refine, split, split_vectors, partition_epochs : partitioning options (see
+        :func:`mlr_dask.fit.partition.spectral_partition`): equal halves or a cut at the sign
+        change, greedy swap refinement, ``"normalized"`` co-clustering or ``"centered"``
+        splits, the embedding dimension of each split, BCD epochs of the coarser levels
+        before each split.
     method : ``"bcd"``, ``"als"`` or ``"auto"`` (default) for the final fit. ``"auto"`` takes
-        ALS when it is affordable (not PSD, and the blocks of the finest level with a nonzero
-        rank few enough that their least-squares solves cost no more than one product of A
-        with r columns, see :func:`als_affordable`), BCD otherwise. From the same start ALS
-        converges faster than BCD (which creeps on for hundreds of epochs): learned pipeline
-        with ``init="spread"``, r = 28, at most 100 epochs, radial n = 2000 0.0882 instead of
-        0.0951, DGT 2000 x 2800 0.1814 instead of 0.1900, in less time. Partitioning and
-        rank allocation use BCD.
+        ALS when it is affordable (:func:`als_affordable`) and falls back to BCD as soon as
+        an ALS epoch costs more than 3 BCD epochs timed in the same run.
     symmetric : square matrix, same hierarchy for rows and columns (Fiedler partitioning).
     psd : symmetric PSD model ``B B^T`` with clipped eigenvalues (implies ``symmetric``).
     max_iter, tol : epochs of the final fit and the relative-decrease stopping rule.
@@ -361,24 +249,25 @@ def fit_mlr(
         given or as the starting allocation: no rank allocation on the Dask path).
     client, chunk_items, power_iters : Dask path options (see :func:`mlr_dask.fit.dask.
         fit_mlr_dask`); the default scheduler is used when ``client`` is None.
-    progress : optional callback ``progress(stage, info)``.
+    progress : optional callback ``progress(stage, info)``; every step is also published with
+        :func:`mlr_dask.events.publish` (stages ``partition``, ``rank_move``, ``epoch``).
 
-    Memory: the in-memory path materializes about three m x n float64 arrays (the matrix, its
-    permuted copy and the residual; rank-allocation trials add one copy per parallel trial;
-    an ALS final fit adds two: the target rebuilt in hierarchy order and its transpose);
-    ``backend="auto"`` switches dask and zarr inputs to the Dask path (fixed hierarchy) when
-    that would exceed ``mlr_dask.mlr.DENSE_LIMIT_BYTES``.
+    Memory: the in-memory path materializes about three m x n float64 arrays (the matrix, the
+    residual, and one trial copy per thread during rank allocation; an ALS final fit adds
+    one: the target rebuilt in hierarchy order); ``backend="auto"`` switches dask and zarr
+    inputs to the Dask path (fixed hierarchy) when that would exceed
+    ``mlr_dask.mlr.DENSE_LIMIT_BYTES``.
 
     Returns
     -------
-    MLRMatrix with ``history_``: ``rel_error`` per epoch of the final fit, ``partition``
-    (relative error at the start of the rank exchange), ``rank_moves`` (growth steps of
-    ``init="bottom"``, with ``src`` None, then accepted exchanges; the error after each),
-    ``seconds`` per stage, ``ranks``, ``init`` (the start used; None for a fixed hierarchy or
-    given ranks).
+    MLRMatrix with ``history_``: ``rel_error`` per epoch of the final fit (the last entry is
+    the error of the returned model), ``partition`` (error after the partition),
+    ``rank_moves`` (growth steps with ``src`` None, then accepted exchanges; the error after
+    each), ``seconds`` per stage, ``ranks``, ``init`` (the start used), ``starts`` (errors
+    of the starts compared by ``init="best"``), ``mlr_rel_error``, ``lowrank_rel_error``,
+    ``lowrank_diag_rel_error`` and ``returned`` (``"mlr"``, ``"lowrank"`` or
+    ``"lowrank_diag"``) when ``baselines``.
     """
-    t_start = time.perf_counter()
-    seconds: dict[str, float] = {}
     psd = bool(psd)
     symmetric = bool(symmetric) or psd
     if method not in ("auto", "bcd", "als"):
@@ -393,6 +282,15 @@ def fit_mlr(
         raise InputError(f"backend must be 'auto', 'numpy' or 'dask', got {backend!r}")
     if not isinstance(split_vectors, int | np.integer) or split_vectors < 1:
         raise InputError(f"split_vectors must be a positive integer, got {split_vectors!r}")
+    if max_rank_moves is None:
+        max_rank_moves = alloc_max_steps if alloc_max_steps is not None \
+            else DEFAULT_MAX_RANK_MOVES
+    if not isinstance(max_rank_moves, int | np.integer) or max_rank_moves < 1:
+        raise InputError(f"max_rank_moves must be a positive integer, got {max_rank_moves!r}")
+    if threads is None:
+        threads = n_jobs if n_jobs is not None else default_threads()
+    if not isinstance(threads, int | np.integer) or threads < 1:
+        raise InputError(f"threads must be a positive integer, got {threads!r}")
     if rank is None and ranks is None:
         raise InputError("give the total rank or the ranks per level")
     if rank is not None and (not isinstance(rank, int | np.integer) or rank < 1):
@@ -405,7 +303,7 @@ def fit_mlr(
     store: MatrixStore | None = None
     operator = None
     dask_arr = None
-    if isinstance(A, str | Path):
+    if isinstance(A, str | Path | os.PathLike):
         store = load_matrix_store(A)
         shape = store.shape
     elif _is_dask(A):
@@ -456,9 +354,10 @@ def fit_mlr(
         caps = rank_caps(rows.boundaries, cols.boundaries)
         if ranks is not None:
             _check_ranks(ranks, rows, cols)
+
+    # ---- the engine: Dask (fixed hierarchy, no allocation) or the in-memory pipeline
     if (store is not None or dask_arr is not None) and operator is None:
         nbytes = m * n * 8
-        # the in-memory path holds about three m x n arrays (input, permuted copy, residual)
         use_dask = backend == "dask" or (backend == "auto" and 3 * nbytes > DENSE_LIMIT_BYTES)
         if use_dask:
             if rows is None:
@@ -479,179 +378,32 @@ def fit_mlr(
     if operator is not None:
         from mlr_dask.fit.dask import fit_mlr_operator
 
-        rk = list(ranks) if ranks is not None else initial_ranks(
-            rank, caps, rows.has_atoms)
+        rk = list(ranks) if ranks is not None else initial_ranks(rank, caps, rows.has_atoms)
         return fit_mlr_operator(operator, rows, cols, rk, psd=psd, max_iter=max_iter, tol=tol,
                                 q=power_iters, seed=seed, progress=progress)
     if backend == "dask" and store is None and dask_arr is None:
         raise InputError("backend='dask' needs a dask array or a zarr matrix store")
 
-    # ---- in memory
+    import time
+
     t0 = time.perf_counter()
     if store is not None:
-        if rows is not None and store.rows is not None and rows == store.rows \
-                and cols == store.cols:
-            Ap = np.ascontiguousarray(store.array[...], dtype=np.float64)
-            Ap = _check_dense(Ap)
-            A = None
-        else:
-            A = _check_dense(store.dense_original())
+        A = _check_dense(store.dense_original())
     elif dask_arr is not None:
         A = _check_dense(np.asarray(dask_arr.compute()))
-    seconds["load"] = time.perf_counter() - t0
-
-    def say(stage: str, **info: Any) -> None:
-        if progress is not None:
-            progress(stage, info)
-
-    if init == "best":
-        if rows is None and ranks is None and L > 1:
-            opts = dict(levels=L, allocate_ranks=allocate_ranks, method=method,
-                        symmetric=symmetric, psd=psd, max_iter=max_iter, tol=tol,
-                        balanced=balanced, refine=refine, split=split,
-                        split_vectors=split_vectors,
-                        partition_epochs=partition_epochs, alloc_eps=alloc_eps,
-                        alloc_max_steps=alloc_max_steps, n_jobs=n_jobs, seed=seed,
-                        backend="numpy", progress=progress)
-            return _best_start(A, rank, opts, seconds, t_start)
-        init = BEST_INITS[0]  # fixed hierarchy or given ranks: the start does not matter
-
-    part_hist: list[float] = []
-    grown: list[dict[str, Any]] = []
-    t0 = time.perf_counter()
-    learned = rows is None
-    if learned:
-        if L > 1:
-            probe_r = Hierarchy.dyadic(m, max(1, L - 1))
-            probe_c = Hierarchy.dyadic(n, max(1, L - 1))
-            cnt = atom_counts(probe_r, probe_c)
-            probe_r, probe_c = probe_r.refine(cnt), probe_c.refine(cnt)
-            short_caps = rank_caps(probe_r.boundaries, probe_c.boundaries)
-            rk0 = list(ranks) if ranks is not None else start_ranks(init, rank, L, short_caps)
-        else:
-            rk0 = [rank]
-
-        def on_level(lvl: int) -> None:
-            say("partition", level=lvl, of=L - 1)
-
-        rows, cols, st = spectral_partition(A, L, rk0, symmetric=symmetric, psd=psd,
-                                            balanced=balanced, refine=refine, seed=seed,
-                                            method=split, epochs=partition_epochs,
-                                            n_vectors=split_vectors,
-                                            callback=on_level)
-        del A
-        deficit = rank - sum(st.ranks)
-        if init == "bottom" and ranks is None and deficit > 0:
-            run_bcd(st, max_iter=1, tol=0.0)  # side outputs of every level
-            t_grow = time.perf_counter()
-            st, grown = grow_ranks(st, rank, n_jobs=n_jobs,
-                                   callback=lambda info: say("rank_move", **info))
-            seconds["rank_growth"] = time.perf_counter() - t_grow
-            deficit = 0
-        if deficit > 0:  # caps of the learned blocks were smaller: level 0 takes the rest
-            st.B[0] = np.hstack([st.B[0], np.zeros((m, deficit))])
-            if psd:
-                st.C = st.B
-            else:
-                st.C[0] = np.hstack([st.C[0], np.zeros((n, deficit))])
-            st.ranks[0] += deficit
-        run_bcd(st, max_iter=1, tol=0.0)
-    else:
-        if A is not None:
-            Ap = _permute(A, rows, cols)
-            del A
-        caps = rank_caps(rows.boundaries, cols.boundaries)
-        rk = list(ranks) if ranks is not None else initial_ranks(rank, caps, rows.has_atoms)
-        st = init_state(Ap, rows.boundaries, cols.boundaries, rk, psd=psd, seed=seed, copy=False)
-        run_bcd(st, max_iter=1, tol=0.0)
-    part_hist.append(st.rel_error)
-    seconds["partition"] = time.perf_counter() - t0 - seconds.get("rank_growth", 0.0)
-    say("partition_done", rel_error=st.rel_error)
-
-    moves: list[dict[str, Any]] = list(grown)
-    t0 = time.perf_counter()
-    if allocate_ranks and L > 1:
-        start_loss = st.loss
-        st, more = _allocate(
-            st, eps=alloc_eps, max_steps=alloc_max_steps, n_jobs=n_jobs,
-            callback=lambda info: say("rank_move", **info))
-        moves += more
-        if st.loss > start_loss:  # pragma: no cover - allocate_ranks only accepts gains
-            raise RuntimeError("rank allocation increased the loss")
-    seconds["rank_allocation"] = time.perf_counter() - t0 + seconds.pop("rank_growth", 0.0)
-
-    t0 = time.perf_counter()
-    Ap_for_als = None
-    if method == "auto":
-        method = "als" if not psd and als_affordable(st.rb, st.cb, st.ranks) else "bcd"
-    if method == "als":
-        Ap_for_als = _rebuild(st)
-        hist = run_als(Ap_for_als, st, max_iter=max_iter, tol=tol,
-                       callback=lambda it, e: say("epoch", epoch=it, rel_error=e))
-    else:
-        hist = run_bcd(st, max_iter=max_iter, tol=tol, greedy_init=False,
-                       callback=lambda it, e: say("epoch", epoch=it, rel_error=e))
-    seconds["fit"] = time.perf_counter() - t0
-    seconds["total"] = time.perf_counter() - t_start
-    M = _to_mlr(st, rows, cols)
-    M.history_ = {
-        "rel_error": hist,
-        "partition": part_hist,
-        "rank_moves": moves,
-        "seconds": seconds,
-        "ranks": list(st.ranks),
-        "rel_error_final": st.rel_error,
-        "method": method,
-        "init": init if learned and ranks is None else None,
-    }
+    load_s = time.perf_counter() - t0
+    opts = Options(
+        partition=PartitionOptions(method=partition, levels=levels, init=init,
+                                   balanced=balanced, refine=refine, split=split,
+                                   split_vectors=int(split_vectors), epochs=partition_epochs),
+        allocation=AllocationOptions(enabled=bool(allocate_ranks), eps=alloc_eps,
+                                     max_rank_moves=int(max_rank_moves)),
+        fit=FitOptions(method=method, max_iter=max_iter, tol=tol),
+        symmetric=symmetric, psd=psd, seed=seed, threads=int(threads),
+        baselines=bool(baselines))
+    M = pipeline.run(A, rank, opts, Reporter(progress), rows=rows, cols=cols,
+                     ranks=None if ranks is None else [int(r) for r in ranks],
+                     levels=L if rows is None else None)
+    M.history_["seconds"]["load"] = load_s
+    M.history_["seconds"]["total"] += load_s
     return M
-
-
-def _best_start(A: np.ndarray, rank: int, opts: dict[str, Any], seconds: dict[str, float],
-                t_start: float) -> MLRMatrix:
-    """``init="best"``: one learned fit per start of :data:`BEST_INITS`, the lowest error
-    kept; ``history_["starts"]`` holds the error of each, ``seconds`` the sums per stage."""
-    best: MLRMatrix | None = None
-    starts: dict[str, float] = {}
-    total = dict(seconds)
-    for init in BEST_INITS:
-        M = fit_mlr(A, rank, init=init, **opts)
-        starts[init] = float(M.history_["rel_error_final"])
-        for k, v in M.history_["seconds"].items():
-            if k not in ("total", "load"):
-                total[k] = total.get(k, 0.0) + v
-        if best is None or starts[init] < best.history_["rel_error_final"]:
-            best = M
-    assert best is not None
-    total["total"] = time.perf_counter() - t_start
-    best.history_["seconds"] = total
-    best.history_["starts"] = starts
-    return best
-
-
-def als_affordable(rb: Sequence[np.ndarray], cb: Sequence[np.ndarray],
-                   ranks: Sequence[int]) -> bool:
-    """Whether an ALS epoch costs about as much as a BCD epoch: each half step solves one
-    least-squares problem with an (n, r) design per block of the finest level with a nonzero
-    rank (O(n r^2) each), against O(m n r) for the products; ALS is affordable when
-    ``blocks * r <= min(m, n)``. ``rb`` / ``cb``: boundaries per level, ``ranks`` (L,)."""
-    used = [lvl for lvl, r in enumerate(ranks) if r > 0]
-    if not used:
-        return False
-    last = used[-1]
-    m, n = int(rb[0][-1]), int(cb[0][-1])
-    blocks = rb[last].size - 1
-    return blocks * sum(int(r) for r in ranks) <= min(m, n)
-
-
-def _rebuild(st: BCDState) -> np.ndarray:
-    """The target in hierarchy order from the residual and the factors (R + sum A_l)."""
-    from mlr_dask.fit.bcd import add_lowrank
-
-    Ap = st.R.copy()
-    for lvl in range(len(st.ranks)):
-        r0, c0 = st.rb[lvl], st.cb[lvl]
-        for k in range(r0.size - 1):
-            add_lowrank(Ap[r0[k]:r0[k + 1], c0[k]:c0[k + 1]], st.B[lvl][r0[k]:r0[k + 1]],
-                        st.C[lvl][c0[k]:c0[k + 1]], 1.0)
-    return Ap

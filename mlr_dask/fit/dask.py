@@ -22,7 +22,7 @@ even the finest blocks exceed ``chunk_items``, ``c = L`` and the finest blocks a
 
 Engines: the numpy engine runs the tasks in-process on a matrix in memory (the reference); the
 Dask engine runs the same tasks on a Dask array, one task per chunk (the chunk a dependency),
-partial sums reduced by a tree; the zarr engine (a :class:`~mlr_dask.fit.api.MatrixStore`)
+partial sums reduced by a tree; the zarr engine (a :class:`~mlr_dask.fit.store.MatrixStore`)
 lets each task read its chunks itself, one at a time, a whole chunk row (column) of a block
 per product or loss task, each stored chunk decoded once per task even when the stored chunks
 do not line up with the layout's. No chunk is ever kept in a worker for another task, and
@@ -734,7 +734,7 @@ def _source_in_hierarchy_order(src: Any, rows: Hierarchy, cols: Hierarchy) -> tu
     (stored row / column of each hierarchy position) for tasks that read it themselves."""
     import dask.array as da
 
-    from mlr_dask.fit.api import MatrixStore
+    from mlr_dask.fit.store import MatrixStore
 
     if isinstance(src, MatrixStore):
         arr = da.from_zarr(src.array)
@@ -775,7 +775,7 @@ def fit_mlr_dask(
     progress: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> MLRMatrix:
     """Fit the factors (fixed hierarchy and ranks) of a matrix given as a Dask array (original
-    order) or a :class:`~mlr_dask.fit.api.MatrixStore`, chunk by chunk.
+    order) or a :class:`~mlr_dask.fit.store.MatrixStore`, chunk by chunk.
 
     ``chunk_items``: rows (and columns) per chunk, default 4096 (128 MiB of float64 per chunk).
     ``engine="numpy"`` runs the same algorithm on the matrix loaded in memory (reference).

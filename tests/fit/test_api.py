@@ -14,8 +14,11 @@ def no_work(monkeypatch):
     def boom(*a, **k):  # pragma: no cover - reached only when validation is missing
         raise AssertionError("work started before the input was validated")
 
+    import mlr_dask.fit.pipeline as pipeline
+
     monkeypatch.setattr(api, "init_state", boom)
-    monkeypatch.setattr(api, "spectral_partition", boom)
+    monkeypatch.setattr(pipeline, "run", boom)
+    monkeypatch.setattr(pipeline, "spectral_partition", boom)
 
 
 @pytest.mark.parametrize(
@@ -33,6 +36,8 @@ def no_work(monkeypatch):
         (np.ones((8, 8)), {"rank": 2, "levels": 7}, "levels need"),
         (np.ones((8, 8)), {"rank": 2, "init": "middle"}, "init"),
         (np.ones((8, 8)), {"rank": 2, "split_vectors": 0}, "split_vectors"),
+        (np.ones((8, 8)), {"rank": 2, "max_rank_moves": 0}, "max_rank_moves"),
+        (np.ones((8, 8)), {"rank": 2, "threads": 0}, "threads"),
     ],
 )
 def test_bad_input_raises_before_work(no_work, A, kwargs, match):
@@ -66,7 +71,7 @@ def test_fit_mlr_psd_and_dyadic(rng):
     M = fit_mlr(S, 12, psd=True, levels=4)
     assert M.symmetric
     assert np.linalg.eigvalsh(M.to_dense()).min() > -1e-10
-    D = fit_mlr(S, 12, partition="dyadic", levels=4, allocate_ranks=False)
+    D = fit_mlr(S, 12, partition="dyadic", levels=4, allocate_ranks=False, baselines=False)
     assert D.rows.n_blocks == (1, 2, 4, 64)
 
 
