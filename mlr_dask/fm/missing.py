@@ -18,9 +18,11 @@ datum when observed) and ``Sigma_p`` the posterior covariance of pattern ``p``,
   f_j^T Sigma_p f_j + D_j`` for a missing entry.
 
 Every iteration increases the observed-data log-likelihood. Without missing entries it is the
-complete-data EM step. Cost per iteration: O(N n R) for the products with the data, plus per
-pattern O(n R^2 + tree) (statistics, tree Cholesky, selected inverse) and O(R^2) per missing
-entry; in memory (numpy) only.
+complete-data EM step. Cost per iteration: O(N n R) for the products with the data (one
+statistics pass), plus per missingness pattern O(m R^2) for its ``K_O`` (m missing features) and
+the tree work (Cholesky, solves, selected inverse: ``O(sum_l p_l o_{l+1}^2 r_l)``), plus O(R^2)
+per missing entry; in memory (numpy) only. With random missing entries nearly every sample has
+its own pattern, so the tree work runs about N times per iteration.
 """
 
 from __future__ import annotations
@@ -90,16 +92,26 @@ class MissingEStep:
 def estep_missing(tree: FactorTree, F: np.ndarray, D: np.ndarray, mean: np.ndarray,
                   Yh: np.ndarray, *, stats: bool = False) -> MissingEStep:
     """E-step for data ``Yh`` (N, n) in hierarchy order with NaN at the missing entries and
-    parameters ``F`` (n, R), ``D``, ``mean`` (n,) in hierarchy order. One tree Cholesky (and,
-    with ``stats``, one selected inverse) per missingness pattern; O(N n R) for the data."""
+    parameters ``F`` (n, R), ``D``, ``mean`` (n,) in hierarchy order.
+
+    One statistics pass over all samples with the missing entries set to the mean (they then
+    add nothing to ``P`` nor to the squared norms), giving ``P`` and ``K`` of all features;
+    per missingness pattern ``K_O = K - sum_{j missing} b_j b_j^T`` (``b_j = f_j / sqrt(D_j)``,
+    O(R^2) per missing feature), one tree Cholesky and solves for its samples (and, with
+    ``stats``, one selected inverse). Cost O(N n R) + per pattern O(m R^2 + tree)."""
     N, n = Yh.shape
     masks, inv = patterns(Yh)
+    obs_all = np.isfinite(Yh)
     plan = ck.make_plan(tree, 0, n)
     FT = np.ascontiguousarray(F.T)
+    Yf = np.where(obs_all, Yh, mean[None, :])
+    Kfull, Pfull, _, ysq_d = reduce_stats(tree, [ck.chunk_stats(Yf, mean, FT, D, plan)])
     Q = [np.zeros((p, r, N)) for p, r in zip(tree.n_groups, tree.ranks, strict=True)]
     ll = np.zeros(N)
-    Yhat = np.where(np.isfinite(Yh), Yh, 0.0)
+    Yhat = Yf.copy()
     logD = np.log(D)
+    Bn = F / np.sqrt(D)[:, None]
+    group_of = [np.searchsorted(b, np.arange(n), side="right") - 1 for b in tree.bounds]
     leaf_of = _feature_leaf(tree)
     Zsum = corr = corr_sq = None
     if stats:
@@ -109,20 +121,24 @@ def estep_missing(tree: FactorTree, F: np.ndarray, D: np.ndarray, mean: np.ndarr
         corr_sq = np.zeros(n)
     for k, obs in enumerate(masks):
         rows = np.flatnonzero(inv == k)
-        Yp = Yh[rows]
-        D_eff = np.where(obs, D, np.inf)  # weight 1 / D_j = 0 for the missing features
-        Yf = np.where(obs[None, :], Yp, mean[None, :])
-        part = ck.chunk_stats(Yf, mean, FT.copy(), D_eff, plan)
-        K, P, _, ysq_d = reduce_stats(tree, [part])
+        miss = np.flatnonzero(~obs)
+        K = Kfull
+        if miss.size:
+            K = [x.copy() for x in Kfull]
+            bm = Bn[miss]
+            for lvl in range(tree.n_levels):
+                o0, o1 = tree.span(lvl)
+                np.subtract.at(K[lvl], group_of[lvl][miss],
+                               np.einsum("mr,ms->mrs", bm[:, o0:o1], bm[:, :o1]))
         ch = tree_cholesky(tree, K)
-        w = tree_half_solve(tree, ch, P)
-        quad = ysq_d - sum(np.einsum("gri,gri->i", x, x) for x in w)
-        n_o = int(obs.sum())
-        ll[rows] = -0.5 * (n_o * LOG_2PI + float(logD[obs].sum()) + ch.logdet + quad)
+        w = tree_half_solve(tree, ch, [p[:, :, rows] for p in Pfull])
+        quad = ysq_d[rows] - sum(np.einsum("gri,gri->i", x, x) for x in w)
+        n_o = n - miss.size
+        ll[rows] = -0.5 * (n_o * LOG_2PI + float(logD.sum() - logD[miss].sum()) + ch.logdet
+                           + quad)
         q = tree_back_solve(tree, ch, w)
         for lvl in range(tree.n_levels):
             Q[lvl][:, :, rows] = q[lvl]
-        miss = np.flatnonzero(~obs)
         if miss.size:
             Yhat[np.ix_(rows, miss)] = mean[miss] + _rows_times(tree, F, miss, q).T
         if stats:
