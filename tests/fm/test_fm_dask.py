@@ -84,3 +84,17 @@ def test_resume_equals_uninterrupted(problem, tmp_path):
     with pytest.raises(InputError, match="another fit"):
         MultilevelFactorModel(h, [1, 1, 1], max_iter=7).fit(
             Y, checkpoint=ck, checkpoint_every=2, resume=True)
+
+
+def test_dask_equals_numpy_with_capped_groups_and_standardize(problem):
+    h, _, Y = problem
+    ranks = [3, 18, [1, 0, 2, 11, 1, 9]]  # level 1 capped at 15, level 2 at 8
+    ref = MultilevelFactorModel(h, ranks, max_iter=5, tol=0, chunk_size=15,
+                                standardize=True).fit(Y)
+    assert ref.rank_caps_ and [c["level"] for c in ref.rank_caps_] == [1, 2]
+    Yd = da.from_array(Y, chunks=(17, 13))
+    with dask.config.set(scheduler="threads"):
+        m = MultilevelFactorModel(h, ranks, max_iter=5, tol=0, chunk_size=15,
+                                  standardize=True).fit(Yd)
+    _check_same(m, ref)
+    np.testing.assert_allclose(m.scale_, ref.scale_, rtol=1e-12)
