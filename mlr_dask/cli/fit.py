@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from mlr_dask.errors import InputError
-from mlr_dask.fit.api import DEFAULT_INIT, INITS
+from mlr_dask.fit.api import DEFAULT_INIT, DEFAULT_MAX_RANK_MOVES, INITS
 
 GEN_HELP = {
     "dgt": "discrete Gauss transform exp(-k^2 ||t_i - s_j||^2), points in [0,1]^3",
@@ -51,6 +51,11 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
                    help="dimension of the spectral embedding in which each split of a learned "
                         "hierarchy searches its cut (1: the leading vector alone)")
     p.add_argument("--no-rank-alloc", action="store_true", help="keep the starting ranks")
+    p.add_argument("--max-rank-moves", type=_positive_int, default=DEFAULT_MAX_RANK_MOVES,
+                   help="bound on the steps of rank allocation (growth and exchange together)")
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="threads of the in-memory fit (BLAS and rank-allocation trials; "
+                        "default: the cores available)")
     p.add_argument("--method", choices=["auto", "bcd", "als"], default="auto",
                    help="final fit: ALS when affordable and not --psd (auto), BCD, or ALS")
     p.add_argument("--psd", action="store_true", help="symmetric PSD model B B^T")
@@ -94,7 +99,7 @@ class _Progress:
             return
         if name != self.stage:
             self.close()
-            total = info.get("of") if stage == "partition" else None
+            total = info.get("total")
             self.bar = tqdm(total=total, desc=name, file=sys.stderr, leave=True)
             self.stage = name
         if "rel_error" in info:
@@ -172,7 +177,12 @@ def run_fit(args: argparse.Namespace) -> dict[str, Any]:
                            inputs=[args.matrix], what="--out")
     plots = _check_output(args.plots, "--plots")
     progress = _Progress(args.quiet)
-    use_dask = args.backend == "dask" or (args.backend == "auto" and args.scheduler is not None)
+    # Dask's in-process schedulers mean no cluster: the in-memory pipeline runs
+    from mlr_dask.cluster import LOCAL_SCHEDULERS
+
+    in_process = args.scheduler in LOCAL_SCHEDULERS
+    use_dask = args.backend == "dask" or (args.backend == "auto" and args.scheduler is not None
+                                          and not in_process)
     ctx: Any = contextlib.nullcontext(None)
     if use_dask:
         from mlr_dask.cluster import connect
@@ -184,6 +194,7 @@ def run_fit(args: argparse.Namespace) -> dict[str, Any]:
             M = fit_mlr(args.matrix, args.rank, levels=args.levels, partition=args.partition,
                         init=args.init, split_vectors=args.split_vectors,
                         allocate_ranks=not args.no_rank_alloc,
+                        max_rank_moves=args.max_rank_moves, threads=args.threads,
                         method=args.method,
                         symmetric=args.symmetric, psd=args.psd, max_iter=args.max_iter,
                         tol=args.tol, seed=args.seed, backend="dask" if use_dask else
@@ -193,7 +204,10 @@ def run_fit(args: argparse.Namespace) -> dict[str, Any]:
             progress.close()
         h = M.history_
         t1 = time.perf_counter()
-        if use_dask:
+        lrd_err = h.get("lowrank_diag_rel_error")
+        if "lowrank_rel_error" in h:  # the in-memory fit compared itself with both
+            lr_err = h["lowrank_rel_error"]
+        elif use_dask:
             from mlr_dask.fit.dask import fit_mlr_dask
             from mlr_dask.hierarchy import Hierarchy
 
@@ -215,6 +229,8 @@ def run_fit(args: argparse.Namespace) -> dict[str, Any]:
         "shape": [m, n],
         "rel_error": rel,
         "lowrank_rel_error": lr_err,
+        "lowrank_diag_rel_error": lrd_err,
+        "returned": h.get("returned", "mlr"),
         "storage": int(M.storage),
         "rank": int(M.rank),
         "ranks": list(M.ranks),
