@@ -83,7 +83,7 @@ def connect(
     memory_limit: str | int | None = "auto",
     processes: bool = True,
     quiet: bool = False,
-    timeout: float = 10.0,
+    timeout: float | None = None,
     out_of_core: bool = False,
 ) -> Iterator[distributed.Client]:  # noqa: F821
     """Yield a ``distributed.Client``; close what this call started on exit.
@@ -95,6 +95,8 @@ def connect(
         ``"threads"`` or ``"synchronous"`` run Dask's local scheduler in this process with no
         cluster (then ``None`` is yielded instead of a client).
     memory_limit : per-worker memory limit for the embedded cluster (bytes or ``"2GB"``).
+    timeout : seconds to wait for a scheduler at ``address`` (default: the Dask configuration's
+        ``distributed.comm.timeouts.connect``).
     quiet : do not print the dashboard link.
     out_of_core : start the embedded workers with :data:`OUT_OF_CORE_CONFIG` (tight memory
         limits, data streamed from zarr). A running cluster keeps its own configuration: put
@@ -118,6 +120,12 @@ def connect(
     cluster = None
     if address:
         try:
+            if timeout is None:  # the Dask configuration's (deploy/ sets it), 30 s by default
+                import dask
+                from dask.utils import parse_timedelta
+
+                timeout = parse_timedelta(
+                    dask.config.get("distributed.comm.timeouts.connect", 30), "s")
             client = Client(address, timeout=timeout)
         except (OSError, TimeoutError) as exc:
             raise InputError(f"cannot reach the Dask scheduler at {address!r}: {exc}") from None
