@@ -1,12 +1,15 @@
 """Benchmark of MLR fitting: quality at equal storage and time per stage.
 
-For each matrix (radial kernel, DGT, MLR plus noise) and size: relative error and storage of
-the learned MLR fit (spectral partition + rank allocation + BCD) next to low rank (truncated
-SVD) and low rank plus diagonal at the same storage, with seconds per stage. Also the cost of
+For each case (radial kernel, DGT or MLR plus noise; size; threads): relative error and storage
+of the learned MLR fit (``fit_mlr`` defaults) next to low rank (truncated SVD) and low rank plus
+diagonal at the same storage, with seconds per stage. Also the cost of
 one BCD epoch (n = 2000, L = 12, r = 30 by default) relative to one dense product ``A @ X``
 with ``X`` of shape (n, r), measured in the same run.
 
-Usage: ``python -m benchmarks fit [--n 2000,5000] [--kinds radial,dgt,mlr] [--rank 28]``
+The pipeline time is also given in units of one dense SVD of the same matrix (``numpy.linalg.
+svd``, thin, with the same thread count), measured in the same run, per stage.
+
+Usage: ``python -m benchmarks fit [--cases mlr:2000:1,radial:5000:2] [--rank R]``
 """
 
 from __future__ import annotations
@@ -61,39 +64,44 @@ def _matrix(kind: str, n: int, rank: int) -> tuple[np.ndarray, float | None]:
 
 
 def _quality(kind: str, n: int, rank: int, max_iter: int, tol: float,
-             init: str | None = None, split_vectors: int | None = None) -> dict[str, object]:
-    from mlr_dask.fit import fit_mlr, lowrank_plus_diagonal
-    from mlr_dask.fit.baselines import truncated_svd
+             init: str | None = None, split_vectors: int | None = None,
+             threads: int = 1) -> dict[str, object]:
+    from threadpoolctl import threadpool_limits
+
+    from mlr_dask.fit import fit_mlr
 
     A, noise = _matrix(kind, n, rank)
     m, nn = A.shape
     nrm = float(np.linalg.norm(A))
+    fit_mlr(A[:64, :64], 4, threads=1)  # compile the numba kernels outside the timing
     t0 = time.perf_counter()
     kw: dict[str, object] = {} if init is None else {"init": init}
     if split_vectors is not None:
         kw["split_vectors"] = split_vectors
-    M = fit_mlr(A, rank, max_iter=max_iter, tol=tol, **kw)
+    M = fit_mlr(A, rank, max_iter=max_iter, tol=tol, threads=threads, **kw)
     total = time.perf_counter() - t0
     err = float(np.linalg.norm(A - M.to_dense()) / nrm)
-    t0 = time.perf_counter()
-    _, s, _ = truncated_svd(A, rank)
-    lr = float(np.sqrt(max(nrm**2 - float(np.sum(s**2)), 0.0)) / nrm)
-    t_lr = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    D = lowrank_plus_diagonal(A, rank, max_iter=30, tol=1e-4)
-    lrd = float(np.linalg.norm(A - D.to_dense()) / nrm)
-    t_lrd = time.perf_counter() - t0
+    with threadpool_limits(limits=threads):  # the unit: one dense SVD of the same matrix
+        t0 = time.perf_counter()
+        s = np.linalg.svd(A, full_matrices=False)[1]
+        t_svd = time.perf_counter() - t0
+    lr = float(np.sqrt(max(nrm**2 - float(np.sum(s[:rank] ** 2)), 0.0)) / nrm)
+    h = M.history_
+    secs = {k: round(v, 2) for k, v in h["seconds"].items()}
+    units = {k: round(v / t_svd, 2) for k, v in h["seconds"].items() if k != "load"}
     out: dict[str, object] = {
-        "kind": kind, "shape": [m, nn], "rank": rank, "init": init or "default",
-        "split_vectors": split_vectors or "default",
+        "kind": kind, "shape": [m, nn], "rank": rank, "threads": threads,
+        "init": init or "default", "split_vectors": split_vectors or "default",
         "storage": M.storage,
-        "mlr_rel_error": err, "lr_rel_error": lr, "lrd_rel_error": lrd,
-        "mlr_over_lr": err / lr, "ranks": list(M.ranks), "epochs": len(M.history_["rel_error"]) - 1,
-        "rank_moves": len(M.history_["rank_moves"]), "final_fit": M.history_["method"],
-        "init_used": M.history_.get("init"), "starts": M.history_.get("starts"),
-        "seconds": {**{k: round(v, 2) for k, v in M.history_["seconds"].items()},
-                    "pipeline_total": round(total, 2), "lr": round(t_lr, 2),
-                    "lrd": round(t_lrd, 2)},
+        "mlr_rel_error": err, "lr_rel_error": lr,
+        "lrd_rel_error": h.get("lowrank_diag_rel_error"),
+        "returned": h.get("returned"),
+        "mlr_over_lr": err / lr, "ranks": list(M.ranks), "epochs": len(h["rel_error"]) - 1,
+        "rank_moves": len(h["rank_moves"]), "final_fit": h["method"],
+        "init_used": h.get("init"), "starts": h.get("starts"),
+        "dense_svd_s": round(t_svd, 2), "pipeline_s": round(total, 2),
+        "pipeline_in_svds": round(total / t_svd, 2),
+        "seconds": secs, "stage_in_svds": units,
     }
     if noise is not None:
         out["noise_rel_norm"] = noise
@@ -102,9 +110,10 @@ def _quality(kind: str, n: int, rank: int, max_iter: int, tol: float,
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks fit", description=__doc__)
-    p.add_argument("--n", default="2000,5000", help="comma-separated sizes (rows)")
-    p.add_argument("--kinds", default="radial,dgt,mlr", help="radial, dgt, mlr")
-    p.add_argument("--rank", type=int, default=28)
+    p.add_argument("--cases", default="mlr:2000:1,radial:5000:2",
+                   help="comma-separated KIND:N:THREADS (kinds: radial, dgt, mlr)")
+    p.add_argument("--rank", type=int, default=None,
+                   help="total rank (default: 30 for mlr, 28 for the kernels)")
     p.add_argument("--max-iter", type=int, default=100, help="epochs of the final fit")
     p.add_argument("--tol", type=float, default=1e-3, help="stopping rule of the final fit")
     p.add_argument("--init", default=None,
@@ -117,33 +126,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--epoch-levels", type=int, default=12)
     p.add_argument("--epoch-rank", type=int, default=30)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--skip-epoch", action="store_true", help="no BCD epoch timing")
     p.add_argument("--skip-quality", action="store_true", help="only the epoch timing")
     args = p.parse_args(argv)
-    ratio = _epoch_ratio(args.epoch_n, args.epoch_levels, args.epoch_rank, args.repeats)
-    print(json.dumps({"bench": "bcd_epoch", **ratio}), flush=True)
-    print(f"BCD epoch n={ratio['n']} L={ratio['levels']} r={ratio['rank']}: "
-          f"{ratio['epoch_s']:.3f} s = {ratio['epoch_over_product']:.1f} x one dense "
-          f"A @ (n x r) product", flush=True)
+    if not args.skip_epoch:
+        ratio = _epoch_ratio(args.epoch_n, args.epoch_levels, args.epoch_rank, args.repeats)
+        print(json.dumps({"bench": "bcd_epoch", **ratio}), flush=True)
+        print(f"BCD epoch n={ratio['n']} L={ratio['levels']} r={ratio['rank']}: "
+              f"{ratio['epoch_s']:.3f} s = {ratio['epoch_over_product']:.1f} x one dense "
+              f"A @ (n x r) product", flush=True)
     if args.skip_quality:
         return 0
     inits = [None] if args.init is None else [x.strip() for x in args.init.split(",")]
     vecs = ([None] if args.split_vectors is None
             else [int(x) for x in args.split_vectors.split(",")])
-    for kind in args.kinds.split(","):
-        for n in (int(x) for x in args.n.split(",")):
-            for init in inits:
-                for k in vecs:
-                    _report(_quality(kind.strip(), n, args.rank, args.max_iter, args.tol, init,
-                                     k), kind, args.rank)
+    for case in args.cases.split(","):
+        parts = case.strip().split(":")
+        kind, n = parts[0], int(parts[1])
+        threads = int(parts[2]) if len(parts) > 2 else 1
+        rank = args.rank if args.rank is not None else (30 if kind == "mlr" else 28)
+        for init in inits:
+            for k in vecs:
+                _report(_quality(kind, n, rank, args.max_iter, args.tol, init, k, threads),
+                        kind, rank)
     return 0
 
 
 def _report(res: dict[str, object], kind: str, rank: int) -> None:
     print(json.dumps({"bench": "fit_quality", **res}), flush=True)
-    print(f"{kind} {res['shape']} r={rank} init={res['init']} split_vectors="
-          f"{res['split_vectors']}: MLR {res['mlr_rel_error']:.4f}  "
-          f"LR {res['lr_rel_error']:.4f}  LR+D {res['lrd_rel_error']:.4f}  "
-          f"(MLR/LR {res['mlr_over_lr']:.3f}); stages {res['seconds']}", flush=True)
+    lrd = res["lrd_rel_error"]
+    lrd_s = f"{lrd:.4f}" if isinstance(lrd, float) else "n/a"
+    stages = ", ".join(f"{k} {v}" for k, v in res["stage_in_svds"].items()  # type: ignore
+                       if k != "total")
+    print(f"{kind} {res['shape']} r={rank} threads={res['threads']}: MLR {res['mlr_rel_error']:.4f}"
+          f"  LR {res['lr_rel_error']:.4f}  LR+D {lrd_s}  (returned {res['returned']}, init "
+          f"{res['init_used']}); pipeline {res['pipeline_s']} s = {res['pipeline_in_svds']} "
+          f"dense SVDs ({res['dense_svd_s']} s each); per stage in SVDs: {stages}", flush=True)
 
 
 if __name__ == "__main__":

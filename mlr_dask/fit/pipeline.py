@@ -409,10 +409,10 @@ def compare(plan: Plan, M: MLRMatrix, A: np.ndarray | None,
 
 def _subsample(m: int, n: int, symmetric: bool, rng: np.random.Generator
                ) -> tuple[np.ndarray, np.ndarray] | None:
-    """Random row / column subsets of a quarter of each side (at least 128), or None when that
-    would be the whole matrix. A square matrix gets the same set for rows and columns."""
-    sm, sn = min(m, max(m // 4, 128)), min(n, max(n // 4, 128))
-    if sm >= m and sn >= n:
+    """Random row / column subsets of a quarter of each side, or None when a side would have
+    fewer than 128 items. A square matrix gets the same set for rows and columns."""
+    sm, sn = m // 4, n // 4
+    if min(sm, sn) < 128:
         return None
     if m == n:
         idx = np.sort(rng.choice(m, size=sm, replace=False))
@@ -424,11 +424,11 @@ def _subsample(m: int, n: int, symmetric: bool, rng: np.random.Generator
 def pick_start(A: np.ndarray, rank: int, opts: Options, levels: int | None
                ) -> tuple[str, dict[str, float], float]:
     """``init="best"``: run the whole pipeline from each start of :data:`BEST_INITS` on a random
-    principal submatrix of about a quarter of each side (rank scaled by the same factor, at
-    least 1; a short final fit) and return the start of lower error, the error of each, and
-    the seconds spent. On small matrices (the submatrix would be the whole) returns
-    ``("", ...)``: the caller runs both starts in full. Cost: about 1/16 of one start for the
-    dense stages."""
+    principal submatrix of about a quarter of each side (:func:`_subsample`; the same rank, at
+    most a quarter of the submatrix; a short final fit) and return the start of lower
+    error, the error of each, and the seconds spent. On small matrices (a side of the
+    submatrix below 128) returns ``("", ...)``: the caller runs both starts in full. Cost:
+    about 1/16 of one start for the dense stages."""
     t0 = time.perf_counter()
     m, n = A.shape
     sub = _subsample(m, n, opts.symmetric, np.random.default_rng(opts.seed))
@@ -437,7 +437,7 @@ def pick_start(A: np.ndarray, rank: int, opts: Options, levels: int | None
     ri, ci = sub
     As = np.ascontiguousarray(A[np.ix_(ri, ci)])
     frac = min(ri.size / m, ci.size / n)
-    r_sub = int(max(1, min(round(rank * max(frac, 0.5)), min(As.shape) // 4, rank)))
+    r_sub = int(max(1, min(rank, min(As.shape) // 4)))
     L_sub = None if levels is None else max(1, levels - int(round(np.log2(1 / frac))))
     errs: dict[str, float] = {}
     for init in BEST_INITS:
@@ -499,13 +499,13 @@ def run(A: np.ndarray, rank: int, opts: Options, report: Reporter, *,
                                 baselines=False)
                     M = run(A, rank, o, report, levels=levels)
                     starts[cand] = float(M.history_["rel_error"][-1])
+                    for k, v in M.history_["seconds"].items():
+                        if k != "total":
+                            seconds[k] = seconds.get(k, 0.0) + v
                     if best is None or starts[cand] < best.history_["rel_error"][-1]:
                         best = M
                 assert best is not None
                 plan = Plan(None, rank, opts, report, history=dict(best.history_))
-                for k, v in best.history_["seconds"].items():
-                    if k != "total":
-                        seconds[k] = seconds.get(k, 0.0) + v
                 plan.history["starts"] = starts
                 plan.history["seconds"] = seconds
                 out = compare(plan, best, A, base)

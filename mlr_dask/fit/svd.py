@@ -29,12 +29,17 @@ __all__ = [
 
 
 def _pad_cols(x: np.ndarray, k: int, axis: int) -> np.ndarray:
+    """The first ``k`` entries of ``x`` along ``axis``, zero padded when it has fewer."""
+    axis %= x.ndim
     have = x.shape[axis]
+    lead = (slice(None),) * axis
     if have >= k:
-        return np.take(x, np.arange(k), axis=axis)
-    pad = [(0, 0)] * x.ndim
-    pad[axis] = (0, k - have)
-    return np.pad(x, pad)
+        return x[lead + (slice(0, k),)]
+    shape = list(x.shape)
+    shape[axis] = k
+    out = np.zeros(shape, dtype=x.dtype)
+    out[lead + (slice(0, have),)] = x
+    return out
 
 
 def batched_svd(G: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
