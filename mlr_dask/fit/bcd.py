@@ -42,6 +42,12 @@ __all__ = ["BCDState", "init_state", "fit_level", "sweep", "run_bcd", "epoch_ord
 STRIP = 512
 #: Blocks with more entries than this are handled one at a time, not in padded batches.
 BIG = 250_000
+#: Blocks whose shorter side is at most this get a dense SVD; larger ones a warm-started
+#: randomized SVD (faster per epoch at the same error on the kernel and MLR test matrices).
+EXACT_MAX = 48
+#: ... except on levels of fewer than 4 blocks, dense up to this side (a flat spectrum makes
+#: warm-started subspace iteration of a single block converge slowly).
+EXACT_MAX_FEW = 192
 #: Side output ``gains[l]``: predicted loss decreases of the next GAIN_DEPTH ranks of a level.
 GAIN_DEPTH = 4
 
@@ -64,7 +70,7 @@ class BCDState:
     loss: float
     norm2: float
     psd: bool = False
-    exact_max: int = 192
+    exact_max: int = EXACT_MAX
     q: int = 2
     seed: int = 0
     delta_plus: np.ndarray = field(default=None)  # type: ignore[assignment]
@@ -135,7 +141,7 @@ def init_state(
     psd: bool = False,
     B: Sequence[np.ndarray] | None = None,
     C: Sequence[np.ndarray] | None = None,
-    exact_max: int = 192,
+    exact_max: int = EXACT_MAX,
     q: int = 2,
     seed: int = 0,
     copy: bool = True,
@@ -197,9 +203,10 @@ def fit_level(st: BCDState, lvl: int, cold: bool = False) -> None:
     dmin_valid = r >= 1
     delta_loss = 0.0
     rng = np.random.default_rng([st.seed, lvl])
+    exact_max = st.exact_max if bm.size >= 4 else max(st.exact_max, EXACT_MAX_FEW)
     # blocks of more than BIG entries are fitted one by one (in place, by strips); smaller
     # ones in padded batches (exact SVD up to exact_max, randomized above)
-    big_mask = (bm * bn > BIG) & (np.minimum(bm, bn) > max(st.exact_max, 4 * (k + 10)))
+    big_mask = (bm * bn > BIG) & (np.minimum(bm, bn) > max(exact_max, 4 * (k + 10)))
     big = np.flatnonzero(big_mask)
     small = np.flatnonzero(~big_mask)
     for idx in _buckets(small, bm, bn):
@@ -217,7 +224,7 @@ def fit_level(st: BCDState, lvl: int, cold: bool = False) -> None:
             nC = nB
             xB = V[:, :, r] * np.sqrt(lam[:, None, r])
             xC = xB
-        elif min(BM, BN) > max(st.exact_max, 3 * (k + 10)):
+        elif min(BM, BN) > max(exact_max, 3 * (k + 10)):
             warm = r > 0 and bool(np.any(Bp))
             U, s, V = batched_randomized_svd(G, kk, q=0 if warm and not cold else st.q,
                                              init=(Bp, Cp) if warm else None, rng=rng)
@@ -255,7 +262,7 @@ def fit_level(st: BCDState, lvl: int, cold: bool = False) -> None:
         warm = r > 0 and bool(np.any(Bk))
         add_lowrank(view, Bk, Ck, 1.0)
         if st.psd:
-            V, lam = block_psd_eig(view, kk, exact_max=st.exact_max,
+            V, lam = block_psd_eig(view, kk, exact_max=exact_max,
                                    q=0 if warm and not cold else st.q,
                                    init=Bk.copy() if warm else None, rng=rng)
             s2 = lam**2
@@ -263,7 +270,7 @@ def fit_level(st: BCDState, lvl: int, cold: bool = False) -> None:
             nC = nB
             xB = xC = V[:, r] * np.sqrt(lam[r])
         else:
-            U, s, V = block_svd(view, kk, exact_max=st.exact_max,
+            U, s, V = block_svd(view, kk, exact_max=exact_max,
                                 q=0 if warm and not cold else st.q,
                                 init=(Bk.copy(), Ck.copy()) if warm else None, rng=rng)
             s2 = s**2

@@ -36,7 +36,7 @@ import numpy as np
 import scipy.sparse.linalg as spla
 
 from mlr_dask.errors import InputError
-from mlr_dask.fit.bcd import BCDState, epoch_order, init_state, sweep
+from mlr_dask.fit.bcd import EXACT_MAX, BCDState, epoch_order, init_state, sweep
 from mlr_dask.hierarchy import Hierarchy
 
 __all__ = [
@@ -348,7 +348,7 @@ def spectral_partition(
     method: str = "normalized",
     power: int = 2,
     seed: int = 0,
-    exact_max: int = 192,
+    exact_max: int = EXACT_MAX,
     epochs: int = 1,
     n_vectors: int = 4,
     callback: Callable[[int], None] | None = None,
