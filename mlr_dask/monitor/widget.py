@@ -241,6 +241,8 @@ class Monitor:
             "bottom": [-r[0] - 0.42 for r in rects], "top": [-r[0] + 0.42 for r in rects],
             "color": ["#bbbbbb" if r[3] < 0 else PALETTE[r[3] % len(PALETTE)] for r in rects],
         }
+        self.hier_fig.yaxis.ticker = [-lvl for lvl in range(len(counts))]
+        self.hier_fig.yaxis.major_label_overrides = {-lvl: str(lvl) for lvl in range(len(counts))}
         self.hier_fig.title.text = f"hierarchy: blocks per level {counts}"
         self.hier_fig.visible = True
 
