@@ -1,3 +1,5 @@
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -164,9 +166,21 @@ def test_watch_distributed_second_client():
                     client.submit(task, pure=False).result()
                     assert _wait(lambda: "worker-job" in mon.state.jobs
                                  and mon.state.jobs["worker-job"].stages["gam"].step == 2)
+                    # another process (as a CLI job would) publishes through its own client
+                    code = ("import sys; from distributed import Client; "
+                            "from mlr_dask import events\n"
+                            "with Client(sys.argv[1]) as c, events.job('proc-job'):\n"
+                            "    for i in range(1, 4):\n"
+                            "        events.publish('epoch', i, 3, rel_error=1.0 / i)\n")
+                    out = subprocess.run([sys.executable, "-c", code, cluster.scheduler_address],
+                                         capture_output=True, text=True, timeout=120)
+                    assert out.returncode == 0, out.stderr[-2000:]
+                    assert _wait(lambda: "proc-job" in mon.state.jobs
+                                 and mon.state.jobs["proc-job"].stages["epoch"].step == 3)
                 finally:
                     mon.close()
                 st = mon.state
+                assert st.curve("proc-job", "rel_error", "epoch")[1] == [1.0, 0.5, 1.0 / 3]
                 assert st.curve("cli-job", "loglike", "em") == ([1.0, 2.0, 3.0],
                                                                 [-3.0, -2.0, -1.5])
                 assert st.jobs["cli-job"].block_counts() == [1, 2, 4]
