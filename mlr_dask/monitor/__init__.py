@@ -58,14 +58,50 @@ def watch(client: Any = None, job: str | None = None, *, hierarchy: Any = None,
         except (ImportError, ValueError):
             client = None
     state = MonitorState(job=job)
-    link = getattr(client, "dashboard_link", None) if client is not None else None
-    mon = Monitor(state, dashboard_link=link,
-                  source=f"scheduler {client.scheduler.address}" if client is not None else "",
-                  hierarchy=hierarchy)
-    mon.add_stop(sources.listen_local(mon.handle))
+    # listen first (events are held until the display exists), then read the backlog into the
+    # state, then build the display from the state; duplicates count once
+    relay = _Relay()
+    stops = [sources.listen_local(relay)]
     if client is not None:
-        mon.add_stop(sources.listen_client(client, mon.handle))
+        stops.append(sources.listen_client(client, relay))
         if backlog:
-            for item in sources.backlog(client):
-                mon.handle(item)
+            state.feed(sources.backlog(client))
+    link = getattr(client, "dashboard_link", None) if client is not None else None
+    try:
+        mon = Monitor(state, dashboard_link=link,
+                      source=f"scheduler {client.scheduler.address}" if client is not None
+                      else "", hierarchy=hierarchy)
+    except BaseException:
+        for stop in stops:
+            stop()
+        raise
+    for stop in stops:
+        mon.add_stop(stop)
+    relay.attach(mon.handle)
     return mon
+
+
+class _Relay:
+    """An event listener that holds events until :meth:`attach` gives it a target, then hands
+    them over in order and forwards every later one."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self._lock = threading.Lock()
+        self._held: list[Any] = []
+        self._target: Any = None
+
+    def __call__(self, item: Any) -> None:
+        with self._lock:  # one event at a time, in order (the display is serial anyway)
+            if self._target is None:
+                self._held.append(item)
+            else:
+                self._target(item)
+
+    def attach(self, target: Any) -> None:
+        with self._lock:
+            for item in self._held:
+                target(item)
+            self._held = []
+            self._target = target

@@ -109,9 +109,6 @@ class Monitor:
             fig.visible = False
         self.layout = column(row(self.figures["loglike"], self.figures["error"]),
                              row(self.ranks_fig, self.hier_fig))
-        from jupyter_bokeh import BokehModel
-
-        self.plots = BokehModel(self.layout)
         link = (f'<a href="{html.escape(dashboard_link)}" target="_blank">Dask dashboard: '
                 f"{html.escape(dashboard_link)}</a>" if dashboard_link else
                 "no distributed client: events of this process")
@@ -119,10 +116,15 @@ class Monitor:
                              + (f" &middot; {html.escape(source)}" if source else ""))
         self.status = w.Label("waiting for events")
         self.bars_box = w.VBox([])
-        self.widget = w.VBox([self.header, self.status, self.bars_box, self.plots])
+        # what the state already holds (the backlog) is drawn before the plots are wrapped,
+        # so it travels in the widget's first picture instead of one patch per event
         for js in state.jobs.values():
             self._draw_job(js)
         self._draw_hierarchy()
+        from jupyter_bokeh import BokehModel
+
+        self.plots = BokehModel(self.layout)
+        self.widget = w.VBox([self.header, self.status, self.bars_box, self.plots])
 
     # ------------------------------------------------------------------ feeding
     def handle(self, item: Any) -> Change | None:
