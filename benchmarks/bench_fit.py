@@ -108,6 +108,31 @@ def _quality(kind: str, n: int, rank: int, max_iter: int, tol: float,
     return out
 
 
+def _check_pick(kind: str, n: int, rank: int) -> None:
+    from mlr_dask.fit import fit_mlr
+    from mlr_dask.fit.options import Options
+    from mlr_dask.fit.pipeline import BEST_INITS, pick_start
+
+    A, _ = _matrix(kind, n, rank)
+    fit_mlr(A[:64, :64], 4, threads=1)
+    picked, sub, t_pick = pick_start(A, rank, Options(threads=1), None)
+    full, secs = {}, {}
+    for init in BEST_INITS:
+        t0 = time.perf_counter()
+        M = fit_mlr(A, rank, init=init, threads=1, baselines=False)
+        secs[init] = round(time.perf_counter() - t0, 2)
+        full[init] = float(M.history_["rel_error"][-1])
+    best = min(full, key=lambda k: full[k])
+    res = {"bench": "fit_pick", "kind": kind, "shape": list(A.shape), "rank": rank,
+           "picked": picked, "submatrix_errors": sub, "full_errors": full, "full_best": best,
+           "agree": picked == best, "pick_s": round(t_pick, 2), "full_s": secs}
+    print(json.dumps(res), flush=True)
+    print(f"{kind} {list(A.shape)} r={rank}: picked {picked} on the submatrix in {t_pick:.1f} s "
+          f"({', '.join(f'{k} {v:.4f}' for k, v in sub.items())}); in full "
+          f"{', '.join(f'{k} {v:.4f} ({secs[k]} s)' for k, v in full.items())} -> "
+          f"{'agree' if picked == best else 'DISAGREE'}", flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks fit", description=__doc__)
     p.add_argument("--cases", default="mlr:2000:1,radial:5000:2",
@@ -128,7 +153,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--skip-epoch", action="store_true", help="no BCD epoch timing")
     p.add_argument("--skip-quality", action="store_true", help="only the epoch timing")
+    p.add_argument("--check-pick", default=None, metavar="KIND:N,...",
+                   help="instead: compare the start init='best' picks on a submatrix with both "
+                        "starts run in full (single-threaded)")
     args = p.parse_args(argv)
+    if args.check_pick:
+        for case in args.check_pick.split(","):
+            kind, n = case.strip().split(":")[:2]
+            rank = args.rank if args.rank is not None else (30 if kind == "mlr" else 28)
+            _check_pick(kind, int(n), rank)
+        return 0
     if not args.skip_epoch:
         ratio = _epoch_ratio(args.epoch_n, args.epoch_levels, args.epoch_rank, args.repeats)
         print(json.dumps({"bench": "bcd_epoch", **ratio}), flush=True)

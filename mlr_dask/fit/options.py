@@ -47,6 +47,8 @@ class AllocationOptions:
     eps: float = 1e-3
     max_rank_moves: int = DEFAULT_MAX_RANK_MOVES
     n_trials: int = 3
+    #: ranks added per growth step (to distinct levels); 1 gave the lowest errors
+    grow_per_step: int = 1
 
 
 @dataclass

@@ -229,7 +229,8 @@ def allocate(plan: Plan) -> None:
     ao = plan.opts.allocation
     bound = max(1, ao.max_rank_moves)
     deficit = plan.rank - sum(st.ranks)
-    grow_steps = min(deficit, max(1, (3 * bound) // 4)) if deficit > 0 else 0
+    per = max(1, ao.grow_per_step)
+    grow_steps = min(-(-deficit // per), max(1, (3 * bound) // 4)) if deficit > 0 else 0
     total = grow_steps + (bound - grow_steps if ao.enabled else 0)
     counter = [0]
 
@@ -240,7 +241,8 @@ def allocate(plan: Plan) -> None:
 
     moves: list[dict[str, Any]] = []
     if deficit > 0:
-        st, grown = grow_by_gains(st, plan.rank, per_step=1, max_steps=grow_steps, callback=cb)
+        st, grown = grow_by_gains(st, plan.rank, per_step=ao.grow_per_step,
+                                  max_steps=grow_steps, callback=cb)
         moves += grown
     if sum(st.ranks) < plan.rank:  # the caps of the learned blocks: level 0 takes the rest
         _add_root_rank(st, plan.rank - sum(st.ranks))
@@ -425,7 +427,8 @@ def pick_start(A: np.ndarray, rank: int, opts: Options, levels: int | None
                ) -> tuple[str, dict[str, float], float]:
     """``init="best"``: run the whole pipeline from each start of :data:`BEST_INITS` on a random
     principal submatrix of about a quarter of each side (:func:`_subsample`; the same rank, at
-    most a quarter of the submatrix; a short final fit) and return the start of lower
+    most a quarter of the submatrix; growth by 2 ranks per step, a short exchange and a short
+    final fit) and return the start of lower
     error, the error of each, and the seconds spent. On small matrices (a side of the
     submatrix below 128) returns ``("", ...)``: the caller runs both starts in full. Cost:
     about 1/16 of one start for the dense stages."""
@@ -442,9 +445,9 @@ def pick_start(A: np.ndarray, rank: int, opts: Options, levels: int | None
     errs: dict[str, float] = {}
     for init in BEST_INITS:
         o = replace(opts, partition=replace(opts.partition, init=init, levels=L_sub),
-                    fit=replace(opts.fit, max_iter=min(opts.fit.max_iter, 10)),
-                    allocation=replace(opts.allocation,
-                                       max_rank_moves=min(opts.allocation.max_rank_moves, 32)),
+                    fit=replace(opts.fit, max_iter=min(opts.fit.max_iter, 3)),
+                    allocation=replace(opts.allocation, grow_per_step=2, max_rank_moves=min(
+                        opts.allocation.max_rank_moves, r_sub // 2 + 6)),
                     baselines=False)
         M = run(As, r_sub, o, Reporter(None))
         errs[init] = float(M.history_["rel_error"][-1])
