@@ -12,9 +12,10 @@ O(N n^2) for ``C`` plus the eigenvectors of each group's block.
 *Ranks.* Greedy, like the MLR rank allocation: starting from rank 1 at the root and 0 below,
 each round tries one more factor at every level (each group's rank capped at its size), each
 trial an EM warm-started from the current parameters (the new factor starts small and random),
-and keeps the move with the best log-likelihood on a validation split (``VALIDATION`` of the
-samples, drawn with ``random_state``); it stops when no move raises it by more than
-``MIN_GAIN`` nats per sample. The held-out likelihood is used rather than an information
+and takes the move with the best log-likelihood on a validation split (``VALIDATION`` of the
+samples, drawn with ``random_state``); it stops after ``PATIENCE + 1`` rounds in a row that do
+not raise the best score by more than ``MIN_GAIN`` nats per sample, and returns the best ranks
+seen. The held-out likelihood is used rather than an information
 criterion because the loadings of a multilevel model are not all identifiable (rotations within
 groups, a group's factor against its parent's), which makes the parameter count of AIC/BIC
 ambiguous, while the held-out likelihood measures the generalization the model is chosen for.
@@ -46,6 +47,9 @@ TRIAL_ITER = 300
 WARM = True
 #: Each round also tries adding half the level's current rank (escapes plateaus).
 BIG_MOVES = True
+#: Rounds without a gain the search goes on for before it stops (noise in the validation score
+#: can hide a gain one move further); the best ranks seen are returned.
+PATIENCE = 2
 #: Largest number of rounds of the greedy rank search.
 MAX_ROUNDS = 200
 
@@ -185,6 +189,7 @@ def auto_ranks(model: Any, Y: Any, hier: Any, *, array: str | None = None
     best, F, D = _trial(params, h, spec, Ytr, Yva, None)
     tree = make_tree(h, spec)[0]
     trials = [{"ranks": list(spec), "validation": best, "accepted": True}]
+    best_seen, best_spec, stale = best, list(spec), 0
     client = _client()
     events.publish("fm-ranks", step=0, total=None, ranks=list(spec), validation=best)
     for rnd in range(1, MAX_ROUNDS + 1):
@@ -209,12 +214,17 @@ def auto_ranks(model: Any, Y: Any, hier: Any, *, array: str | None = None
         else:
             results = [_trial(params, h, s2, Ytr, Yva, st) for s2, _, st in cands]
         k = int(np.argmax([r[0] for r in results]))
+        gain = results[k][0] > best_seen + MIN_GAIN
         for j, ((s2, _, _), r) in enumerate(zip(cands, results, strict=True)):
             trials.append({"ranks": list(s2), "validation": float(r[0]),
-                           "accepted": bool(j == k and r[0] > best + MIN_GAIN)})
-        if results[k][0] <= best + MIN_GAIN:
-            break
-        best, F, D = results[k]
+                           "accepted": bool(j == k)})
+        cur, F, D = results[k]
         spec, tree = cands[k][0], cands[k][1]
-        events.publish("fm-ranks", step=rnd, total=None, ranks=list(spec), validation=best)
-    return spec, trials
+        events.publish("fm-ranks", step=rnd, total=None, ranks=list(spec), validation=cur)
+        if gain:
+            best_seen, best_spec, stale = cur, list(spec), 0
+        else:
+            stale += 1
+            if stale > PATIENCE:
+                break
+    return best_spec, trials
