@@ -91,3 +91,15 @@ def test_auto_ranks_trials_as_futures_give_the_same_choice():
     with Client(processes=False, n_workers=2, threads_per_worker=1, dashboard_address=None):
         m = MultilevelFactorModel(h, "auto", max_iter=200, random_state=0).fit(Y)
     assert m.rank_trials_ == ref.rank_trials_ and m.ranks_ == ref.ranks_
+
+
+def test_correlations_on_dask_and_with_nan_match_numpy():
+    import dask.array as da
+
+    Y, _ = _blocks(seed=2, N=120)
+    C = select.correlations(da.from_array(Y, chunks=(50, 7)))
+    np.testing.assert_allclose(C, np.corrcoef(Y.T), rtol=1e-10, atol=1e-12)
+    Yn = Y.copy()
+    Yn[3, 4] = np.nan
+    Cn = select.correlations(Yn)
+    assert np.all(np.isfinite(Cn)) and np.allclose(np.diag(Cn), 1.0)
