@@ -483,6 +483,17 @@ def run(A: np.ndarray, rank: int, opts: Options, report: Reporter, *,
             t0 = time.perf_counter()
             base = lowrank_baselines(A, rank, seed=opts.seed, psd=opts.psd)
             seconds["baselines"] = time.perf_counter() - t0
+            if rank >= min(m, n):  # low rank is exact: nothing to learn
+                LR = base[0]
+                err = float(np.linalg.norm(A - LR.to_dense()) / max(np.linalg.norm(A), 1e-300))
+                LR.history_ = {"rel_error": [err], "partition": [], "rank_moves": [],
+                               "method": None, "init": None, "seconds": seconds,
+                               "ranks": list(LR.ranks), "mlr_rel_error": None,
+                               "lowrank_rel_error": err, "lowrank_diag_rel_error":
+                               base[3] if base[2] is not None else None,
+                               "returned": "lowrank"}
+                seconds["total"] = time.perf_counter() - t_start
+                return LR
         L = rows.n_levels if rows is not None else (
             levels if levels is not None else (len(ranks) if ranks is not None
                                                else _default_levels(m, n)))

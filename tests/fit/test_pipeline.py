@@ -149,3 +149,12 @@ def test_cli_scheduler_threads_runs_in_memory(tmp_path, capsys, scheduler):
     assert res["rank_moves"] <= 4
     assert res["rel_error"] <= min(res["lowrank_rel_error"], res["lowrank_diag_rel_error"])
     assert res["init"] in pipeline.BEST_INITS  # learned in memory (the Dask path cannot)
+
+
+def test_full_rank_returns_the_exact_low_rank_fast():
+    A = radial_kernel(96, seed=7)
+    M = fit_mlr(A, 96)
+    h = M.history_
+    assert h["returned"] == "lowrank" and M.rank == 96
+    assert _rel(A, M) < 1e-12 and h["rel_error"][-1] < 1e-12
+    assert h["seconds"]["total"] < 5
