@@ -28,9 +28,8 @@ import traceback
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
 from mlr_dask.errors import InputError
+from mlr_dask.events import jsonable
 
 SUBCOMMAND_MODULES = (
     "mlr_dask.cli.basic",
@@ -109,29 +108,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    return obj
-
-
 def emit(result: dict[str, Any] | None, as_json: bool) -> None:
     """Print a command's result: one JSON object, or ``key: value`` lines."""
     if result is None:
         return
     if as_json:
-        print(json.dumps(_jsonable(result)))
+        print(json.dumps(jsonable(result)))
         return
     for key, value in result.items():
-        print(f"{key}: {json.dumps(_jsonable(value))}")
+        print(f"{key}: {json.dumps(jsonable(value))}")
 
 
 def _what(args: argparse.Namespace | None) -> str:

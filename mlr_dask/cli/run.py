@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from mlr_dask.errors import InputError
+from mlr_dask.events import jsonable
 
 #: keys allowed at the top level of a job file, in ``[job]`` and in a ``[[stage]]``
 JOB_KEYS = frozenset({"job", "stage"})
@@ -398,18 +399,12 @@ class Manifest:
 
     def write(self) -> None:
         tmp = self.path.with_name(f".{self.path.name}.tmp-{uuid.uuid4().hex[:8]}")
-        tmp.write_text(json.dumps(_jsonable(self.doc), indent=1))
+        tmp.write_text(json.dumps(jsonable(self.doc), indent=1))
         os.replace(tmp, self.path)
 
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
-
-
-def _jsonable(obj: Any) -> Any:
-    from mlr_dask.events import jsonable
-
-    return jsonable(obj)
 
 
 def _complete(stage: Stage, entry: dict[str, Any] | None) -> bool:
@@ -498,7 +493,7 @@ def run_job(args: argparse.Namespace) -> dict[str, Any]:
                     raise
                 raise StageError(stage.name, stage.command, exc, stage.inputs) from exc
             entry.update(status="done", end=_now(), seconds=time.perf_counter() - t0,
-                         result=_jsonable(result))
+                         result=jsonable(result))
             manifest.write()
             events.publish("driver", stage.index + 1, len(stages), stage_name=stage.name,
                            status="done", seconds=entry["seconds"])

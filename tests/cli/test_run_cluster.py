@@ -76,6 +76,23 @@ def test_fit_fm_events_reach_another_client(cluster, tmp_path):
     assert [e["loglike"] for e in got] == pytest.approx(res["loglike"][-5:], rel=1e-12)
 
 
+def _run_and_kill_a_worker(cluster, argv, cwd, ready, what: str) -> str:
+    """Run the CLI; once ``ready()`` holds (while it still runs), SIGKILL one worker process.
+    Returns the run's stdout after checking it succeeded."""
+    proc = subprocess.Popen([MLR_DASK, *argv], cwd=cwd, env=clean_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(ready, 300, what, proc)
+        assert proc.poll() is None  # the work is still running when the worker dies
+        cluster.kill_one_worker()
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    return out
+
+
 def _fit_fm_args(address: str, out: str) -> list[str]:
     return ["fit-fm", "fm.zarr", "--ranks", "4,3,2,2,1", "--max-iter", "8", "--tol", "0",
             "--chunk-size", "250", "--out", out, "--scheduler", address, "--json", "--quiet"]
@@ -86,19 +103,10 @@ def test_worker_killed_mid_fit_fm_same_result(cluster, tmp_path):
                        "4,3,2,2,1", "--out", "fm.zarr", "--json", "--quiet"], tmp_path))
     calm = json_out(mlr_dask(_fit_fm_args(cluster.address, "calm.zarr"), tmp_path))
     log = tmp_path / "hit.zarr.iterations.jsonl"
-    proc = subprocess.Popen([MLR_DASK, *_fit_fm_args(cluster.address, "hit.zarr")],
-                            cwd=tmp_path, env=clean_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        _wait_for(lambda: log.exists() and len(log.read_text().splitlines()) >= 2, 300,
-                  "the second EM iteration", proc)
-        assert proc.poll() is None  # the fit is still running when the worker dies
-        cluster.kill_one_worker()
-        out, err = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, err[-3000:]
+    out = _run_and_kill_a_worker(
+        cluster, _fit_fm_args(cluster.address, "hit.zarr"), tmp_path,
+        lambda: log.exists() and len(log.read_text().splitlines()) >= 2,
+        "the second EM iteration")
     hit = json.loads(out)
     assert hit["n_iter"] == calm["n_iter"] == 8
     for a, b in zip(hit["loglike"], calm["loglike"], strict=True):
@@ -107,28 +115,19 @@ def test_worker_killed_mid_fit_fm_same_result(cluster, tmp_path):
 
 
 def test_worker_killed_mid_dask_fit_mlr_same_result(cluster, tmp_path):
-    json_out(mlr_dask(["generate", "mlr", "--n", "1536", "--rank", "16", "--out", "A.zarr",
+    json_out(mlr_dask(["generate", "mlr", "--n", "1024", "--rank", "16", "--out", "A.zarr",
                        "--json", "--quiet"], tmp_path))
 
     def args(out: str) -> list[str]:
         return ["fit-mlr", "A.zarr", "--rank", "16", "--partition", "given", "--no-rank-alloc",
-                "--backend", "dask", "--chunk-items", "256", "--max-iter", "4", "--tol", "0",
+                "--backend", "dask", "--chunk-items", "256", "--max-iter", "3", "--tol", "0",
                 "--out", out, "--scheduler", cluster.address, "--json", "--quiet"]
 
     calm = json_out(mlr_dask(args("calm.zarr"), tmp_path))
-    proc = subprocess.Popen([MLR_DASK, *args("hit.zarr")], cwd=tmp_path, env=clean_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        with cluster.client() as c:
-            _wait_for(lambda: any(c.processing().values()), 300, "tasks on the workers", proc)
-            time.sleep(0.5)
-            assert proc.poll() is None
-            cluster.kill_one_worker()
-        out, err = proc.communicate(timeout=300)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 0, err[-3000:]
+    with cluster.client() as c:
+        out = _run_and_kill_a_worker(cluster, args("hit.zarr"), tmp_path,
+                                     lambda: any(c.processing().values()),
+                                     "tasks on the workers")
     hit = json.loads(out)
     assert math.isclose(hit["rel_error"], calm["rel_error"], rel_tol=1e-10)
     cluster.wait_for_workers(2)
