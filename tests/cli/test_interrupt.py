@@ -34,3 +34,19 @@ def test_ctrl_c_is_one_line_without_worker_tracebacks(tmp_path):
     assert proc.returncode == 130
     assert err.strip().splitlines() == ["error: interrupted"], err[-3000:]
     assert out == ""
+
+
+def test_broken_pipe_is_one_line(tmp_path):
+    """Output piped to a reader that went away (``| head``): one error line, status 1."""
+    gen = subprocess.run([MLR_DASK, "generate", "mlr", "--n", "128", "--out", "m.zarr",
+                          "--quiet"], cwd=tmp_path, env=clean_env(), capture_output=True)
+    assert gen.returncode == 0
+    read, write = os.pipe()
+    os.close(read)  # nobody will read what the command prints
+    proc = subprocess.run([MLR_DASK, "info", "m.zarr", "--json"], cwd=tmp_path,
+                          env=clean_env(), stdout=write, stderr=subprocess.PIPE, text=True,
+                          timeout=120)
+    os.close(write)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "error: output closed before everything was written"], proc.stderr
