@@ -158,3 +158,19 @@ def test_full_rank_returns_the_exact_low_rank_fast():
     assert h["returned"] == "lowrank" and M.rank == 96
     assert _rel(A, M) < 1e-12 and h["rel_error"][-1] < 1e-12
     assert h["seconds"]["total"] < 5
+
+
+def test_events_are_published_to_subscribers():
+    from mlr_dask import events
+
+    got = []
+    unsubscribe = events.subscribe(got.append)
+    try:
+        fit_mlr(radial_kernel(80, seed=8), 6, levels=4, init="bottom", max_iter=4)
+    finally:
+        unsubscribe()
+    stages = [e["stage"] for e in got]
+    assert {"partition", "rank_move", "epoch"} <= set(stages)
+    moves = [e for e in got if e["stage"] == "rank_move"]
+    assert all(e["total"] is not None and e["step"] <= e["total"] for e in moves)
+    assert all("rel_error" in e and "ranks" in e for e in moves)
