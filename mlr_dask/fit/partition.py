@@ -188,7 +188,7 @@ def _cuts(P: np.ndarray, balanced: bool, min_size: int = 1) -> np.ndarray:
         return np.full(P.shape[1], n // 2, dtype=np.int64)
     c = np.count_nonzero(P < 0, axis=0)
     lo, hi = min(min_size, n // 2), max(n - min_size, n - n // 2)
-    return np.clip(c, lo, hi).astype(np.int64)
+    return np.minimum(np.maximum(c, lo), hi).astype(np.int64)
 
 
 def _cut(vec: np.ndarray, balanced: bool, min_size: int = 1) -> int:
