@@ -11,10 +11,13 @@ step are independent and run in parallel threads (numpy, LAPACK and the numba ke
 the GIL). Stops when no trial improves, the relative improvement is below ``eps``, or after
 ``max_steps`` moves.
 
-:func:`grow_ranks` builds an allocation up to a total rank from a smaller one (``fit_mlr``
-``init="bottom"`` starts from the atoms only): one rank at a time to the level whose trial
-(added column + a short warm-started BCD) ends with the lowest loss among the levels of largest
-``delta_plus``.
+:func:`grow_ranks` builds an allocation up to a total rank from a smaller one: one rank at a
+time to the level whose trial (added column + a short warm-started BCD) ends with the lowest
+loss among the levels of largest ``delta_plus``.
+
+The pipeline (:mod:`mlr_dask.fit.pipeline`) uses the cheaper pair :func:`grow_by_gains` (one
+rank per step to the level of largest predicted gain, then one BCD epoch; no trials) and
+:func:`exchange_ranks` (trials that refit only the two levels of a move, not a whole epoch).
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ import numpy as np
 
 from mlr_dask.fit.bcd import BCDState, add_lowrank, epoch_order, fit_level, sweep
 
-__all__ = ["rank_caps", "move_rank", "allocate_ranks", "grow_ranks"]
+__all__ = ["rank_caps", "move_rank", "allocate_ranks", "grow_ranks", "grow_by_gains",
+           "exchange_ranks", "pick_by_gains"]
 
 
 def rank_caps(rb: Sequence[np.ndarray], cb: Sequence[np.ndarray]) -> list[int]:
@@ -258,7 +262,7 @@ def grow_by_gains(
     st: BCDState,
     total: int,
     *,
-    per_step: int = 2,
+    per_step: int = 1,
     max_steps: int | None = None,
     callback: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[BCDState, list[dict[str, Any]]]:

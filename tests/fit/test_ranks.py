@@ -77,3 +77,48 @@ def test_growth_reaches_total_with_decreasing_loss():
         assert np.all(np.diff(errs) < 0) and out.loss < start
         assert all(s["src"] is None for s in steps)
         assert [b.shape[1] for b in out.B] == out.ranks == steps[-1]["ranks"]
+
+
+def test_pick_by_gains_takes_the_largest_gains_within_caps():
+    from mlr_dask.fit.ranks import pick_by_gains
+
+    gains = np.array([[9.0, 5.0, 1.0, 0.5], [8.0, 7.0, 6.0, 0.1], [3.0, 2.0, 2.0, 2.0]])
+    add = pick_by_gains(gains, [0, 0, 0], [10, 10, 10], 4)
+    assert add.tolist() == [1, 3, 0]  # 9, 8, 7, 6
+    add = pick_by_gains(gains, [0, 9, 0], [10, 10, 10], 4)  # level 1 has room for one
+    assert add.tolist() == [2, 1, 1]  # 9, 8, 5, 3
+    # past the curve's depth a level's last gain repeats
+    assert pick_by_gains(gains, [0, 0, 0], [1, 1, 10], 6).tolist() == [1, 1, 4]
+
+
+def test_grow_by_gains_reaches_the_total_and_never_goes_up():
+    from mlr_dask.fit.ranks import grow_by_gains
+
+    st = _state([0, 0, 0, 1])
+    start = st.loss
+    out, steps = grow_by_gains(st, 12)
+    assert sum(out.ranks) == 12 and len(steps) == 11
+    errs = [np.sqrt(start / out.norm2)] + [s["rel_error"] for s in steps]
+    assert np.all(np.diff(errs) <= 1e-12)
+    caps = rank_caps(out.rb, out.cb)
+    assert all(0 <= r <= c for r, c in zip(out.ranks, caps, strict=True))
+    # bounded: the last of max_steps adds all that is left
+    out, steps = grow_by_gains(_state([0, 0, 0, 1]), 12, max_steps=3)
+    assert sum(out.ranks) == 12 and len(steps) == 3
+
+
+def test_exchange_never_worse_and_fixes_a_bad_start():
+    from mlr_dask.fit.ranks import exchange_ranks
+
+    st = _state([1, 6, 1, 4])
+    start = st.loss
+    out, moves = exchange_ranks(st, eps=1e-6, max_steps=40, threads=2)
+    assert out.loss <= start and sum(out.ranks) == 12
+    assert len(moves) >= 1 and out.loss < 0.9 * start
+    errs = [np.sqrt(start / out.norm2)] + [m["rel_error"] for m in moves]
+    assert np.all(np.diff(errs) < 0)
+    np.testing.assert_allclose(out.loss, np.sum(out.R**2), rtol=1e-9)
+    a, _ = exchange_ranks(_state([1, 6, 1, 4]), max_steps=3, threads=1)
+    b, _ = exchange_ranks(_state([1, 6, 1, 4]), max_steps=3, threads=2)
+    assert a.ranks == b.ranks
+    np.testing.assert_allclose(a.loss, b.loss, rtol=1e-10)
