@@ -427,7 +427,7 @@ def pick_start(A: np.ndarray, rank: int, opts: Options, levels: int | None
                ) -> tuple[str, dict[str, float], float]:
     """``init="best"``: run the whole pipeline from each start of :data:`BEST_INITS` on a random
     principal submatrix of about a quarter of each side (:func:`_subsample`; the same rank, at
-    most a quarter of the submatrix; growth by 2 ranks per step, a short exchange and a short
+    most a quarter of the submatrix; growth by 3 ranks per step, a short exchange and a short
     final fit) and return the start of lower
     error, the error of each, and the seconds spent. On small matrices (a side of the
     submatrix below 128) returns ``("", ...)``: the caller runs both starts in full. Cost:
@@ -445,9 +445,9 @@ def pick_start(A: np.ndarray, rank: int, opts: Options, levels: int | None
     errs: dict[str, float] = {}
     for init in BEST_INITS:
         o = replace(opts, partition=replace(opts.partition, init=init, levels=L_sub),
-                    fit=replace(opts.fit, max_iter=min(opts.fit.max_iter, 3)),
-                    allocation=replace(opts.allocation, grow_per_step=2, max_rank_moves=min(
-                        opts.allocation.max_rank_moves, r_sub // 2 + 6)),
+                    fit=replace(opts.fit, max_iter=min(opts.fit.max_iter, 2)),
+                    allocation=replace(opts.allocation, grow_per_step=3, max_rank_moves=min(
+                        opts.allocation.max_rank_moves, r_sub // 3 + 8)),
                     baselines=False)
         M = run(As, r_sub, o, Reporter(None))
         errs[init] = float(M.history_["rel_error"][-1])
