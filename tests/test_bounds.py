@@ -28,7 +28,8 @@ def test_huge_generate_refused_before_work(tmp_path, capsys, monkeypatch, argv):
     monkeypatch.chdir(tmp_path)
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error:") and "memory" in err[0]
+    assert len(err) == 1 and err[0].startswith("error:")
+    assert "memory" in err[0] or "free" in err[0]  # the estimate against what is there
     assert list(tmp_path.iterdir()) == []
 
 
