@@ -115,12 +115,12 @@ def test_worker_killed_mid_fit_fm_same_result(cluster, tmp_path):
 
 
 def test_worker_killed_mid_dask_fit_mlr_same_result(cluster, tmp_path):
-    json_out(mlr_dask(["generate", "mlr", "--n", "1024", "--rank", "16", "--out", "A.zarr",
+    json_out(mlr_dask(["generate", "mlr", "--n", "512", "--rank", "16", "--out", "A.zarr",
                        "--json", "--quiet"], tmp_path))
 
     def args(out: str) -> list[str]:
         return ["fit-mlr", "A.zarr", "--rank", "16", "--partition", "given", "--no-rank-alloc",
-                "--backend", "dask", "--chunk-items", "256", "--max-iter", "3", "--tol", "0",
+                "--backend", "dask", "--chunk-items", "128", "--max-iter", "2", "--tol", "0",
                 "--out", out, "--scheduler", cluster.address, "--json", "--quiet"]
 
     calm = json_out(mlr_dask(args("calm.zarr"), tmp_path))
