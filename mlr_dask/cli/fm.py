@@ -143,8 +143,7 @@ def _xarray_variable(path: str, name: str | None) -> Any:
 
 
 def run_fit_fm(args: argparse.Namespace) -> dict[str, Any]:
-    from tqdm.auto import tqdm
-
+    from mlr_dask.events import ProgressBars
     from mlr_dask.fm import MultilevelFactorModel
 
     if args.max_iter < 0:
@@ -178,8 +177,7 @@ def run_fit_fm(args: argparse.Namespace) -> dict[str, Any]:
     else:
         model._check_params()
     log_path = out.with_name(out.name + ".iterations.jsonl")
-    bar = tqdm(total=args.max_iter, desc="EM", unit="it", file=sys.stderr,
-               disable=args.quiet, dynamic_ncols=True)
+    bars = ProgressBars(file=sys.stderr, disable=args.quiet)  # driven by the EM's events
     log = {"file": None}
 
     def on_iter(info: dict) -> None:
@@ -187,21 +185,16 @@ def run_fit_fm(args: argparse.Namespace) -> dict[str, Any]:
             log["file"] = open(log_path, "a" if args.resume else "w")  # noqa: SIM115
         log["file"].write(json.dumps({**info, "time": time.time()}) + "\n")
         log["file"].flush()
-        if bar.n == 0 and info["iteration"] > 1:
-            bar.update(info["iteration"] - 1)
-        bar.update(1)
-        bar.set_postfix(loglike=f"{info['loglike']:.6g}")
 
     ckpt = out if args.checkpoint_every else None
     t0 = time.perf_counter()
     try:
-        with _scheduler(args, n_workers=args.workers, memory_limit=args.memory_limit), \
+        with _scheduler(args, n_workers=args.workers, memory_limit=args.memory_limit), bars, \
                 warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             model.fit(data, array=array, checkpoint=ckpt, checkpoint_every=args.checkpoint_every,
                       resume=args.resume, callback=on_iter)
     finally:
-        bar.close()
         if log["file"] is not None:
             log["file"].close()
     for w in caught:
