@@ -77,8 +77,9 @@ class MultilevelFactorModel(TransformerMixin, BaseEstimator):
 
     Attributes (after ``fit``)
     ----------
-    hierarchy_ : Hierarchy of the factor levels; ranks_ : rank of each level (the largest of
-        its groups); group_ranks_ : per level the rank of each group; rank_caps_ : the groups
+    hierarchy_ : Hierarchy of the factor levels; ranks_ : loading columns of each level (the
+        largest rank of its groups, at least 1); group_ranks_ : per level the rank of each
+        group (0: no factor); rank_trials_ : the trials of ``ranks="auto"``; rank_caps_ : the groups
         whose rank was lowered to their size (dicts ``level, group, size, requested, rank``).
     loadings_ : (n_features, R) compressed loadings in original feature order: row j holds the
         loadings of j's group at every level (columns ``offsets_[l]:offsets_[l+1]``; columns
