@@ -106,7 +106,7 @@ def run_leaves_interleaved(n: int, leaf_counts: list[int], iters: int) -> list[d
         m = MultilevelFactorModel(prob.hierarchy, prob.ranks)
         data, tree = m.prepare(prob.Y)
         runner = em.NumpyRunner(data.Y, tree, m._chunks(tree, data.shape[0]))
-        state, est = em.svd_start(runner, tree, True, data.shape[0])
+        state, est = em.svd_start(runner, tree, True)
         setups.append({"prob": prob, "gen": gen, "tree": tree, "runner": runner,
                        "state": state, "est": est, "times": []})
     for _ in range(max(2, iters)):
