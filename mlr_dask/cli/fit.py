@@ -53,6 +53,9 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--no-rank-alloc", action="store_true", help="keep the starting ranks")
     p.add_argument("--max-rank-moves", type=_positive_int, default=DEFAULT_MAX_RANK_MOVES,
                    help="bound on the steps of rank allocation (growth and exchange together)")
+    p.add_argument("--grow-trials", type=_positive_int, default=1,
+                   help="levels tried per rank-growth step of init bottom (each with one BCD "
+                        "epoch, in parallel threads; 3 fits kernels a little better, slower)")
     p.add_argument("--threads", type=_positive_int, default=None,
                    help="threads of the in-memory fit (BLAS and rank-allocation trials; "
                         "default: the cores available)")
@@ -195,6 +198,7 @@ def run_fit(args: argparse.Namespace) -> dict[str, Any]:
                         init=args.init, split_vectors=args.split_vectors,
                         allocate_ranks=not args.no_rank_alloc,
                         max_rank_moves=args.max_rank_moves, threads=args.threads,
+                        grow_trials=args.grow_trials,
                         method=args.method,
                         symmetric=args.symmetric, psd=args.psd, max_iter=args.max_iter,
                         tol=args.tol, seed=args.seed, backend="dask" if use_dask else

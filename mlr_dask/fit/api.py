@@ -186,6 +186,7 @@ def fit_mlr(
     alloc_eps: float = 1e-3,
     alloc_max_steps: int | None = None,
     max_rank_moves: int | None = None,
+    grow_trials: int = 1,
     threads: int | None = None,
     n_jobs: int | None = None,
     baselines: bool = True,
@@ -228,6 +229,10 @@ def fit_mlr(
         (default :data:`DEFAULT_MAX_RANK_MOVES`; ``alloc_max_steps`` is an older name). When
         growth would need more steps, its last step adds all the rest by the predicted gains.
     alloc_eps : an exchange is accepted when it lowers the loss by this fraction.
+    grow_trials : levels tried per growth step of ``init="bottom"``, each on a copy with one
+        BCD epoch (run in parallel on ``threads``), the best kept; 1 (default) takes the
+        level of largest predicted gain without a trial. 3 lowered the error on the radial
+        kernel (n = 2000, r = 28) from 0.055 to 0.053 for twice the allocation time.
     threads : BLAS / numba threads of every in-memory stage (threadpoolctl limits), and
         parallel rank-allocation trials (one BLAS thread each); default: the cores this
         process may use. ``n_jobs`` is an older name.
@@ -285,6 +290,8 @@ def fit_mlr(
     if max_rank_moves is None:
         max_rank_moves = alloc_max_steps if alloc_max_steps is not None \
             else DEFAULT_MAX_RANK_MOVES
+    if not isinstance(grow_trials, int | np.integer) or grow_trials < 1:
+        raise InputError(f"grow_trials must be a positive integer, got {grow_trials!r}")
     if not isinstance(max_rank_moves, int | np.integer) or max_rank_moves < 1:
         raise InputError(f"max_rank_moves must be a positive integer, got {max_rank_moves!r}")
     if threads is None:
@@ -397,7 +404,8 @@ def fit_mlr(
                                    balanced=balanced, refine=refine, split=split,
                                    split_vectors=int(split_vectors), epochs=partition_epochs),
         allocation=AllocationOptions(enabled=bool(allocate_ranks), eps=alloc_eps,
-                                     max_rank_moves=int(max_rank_moves)),
+                                     max_rank_moves=int(max_rank_moves),
+                                     grow_trials=int(grow_trials)),
         fit=FitOptions(method=method, max_iter=max_iter, tol=tol),
         symmetric=symmetric, psd=psd, seed=seed, threads=int(threads),
         baselines=bool(baselines))

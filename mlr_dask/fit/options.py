@@ -49,6 +49,8 @@ class AllocationOptions:
     n_trials: int = 3
     #: ranks added per growth step (to distinct levels); 1 gave the lowest errors
     grow_per_step: int = 1
+    #: levels tried per growth step (each a copy with one BCD epoch; in parallel threads)
+    grow_trials: int = 1
 
 
 @dataclass

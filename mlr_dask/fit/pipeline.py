@@ -242,7 +242,8 @@ def allocate(plan: Plan) -> None:
     moves: list[dict[str, Any]] = []
     if deficit > 0:
         st, grown = grow_by_gains(st, plan.rank, per_step=ao.grow_per_step,
-                                  max_steps=grow_steps, callback=cb)
+                                  max_steps=grow_steps, n_trials=ao.grow_trials,
+                                  threads=plan.opts.threads, callback=cb)
         moves += grown
     if sum(st.ranks) < plan.rank:  # the caps of the learned blocks: level 0 takes the rest
         _add_root_rank(st, plan.rank - sum(st.ranks))

@@ -264,6 +264,8 @@ def grow_by_gains(
     *,
     per_step: int = 1,
     max_steps: int | None = None,
+    n_trials: int = 1,
+    threads: int = 1,
     callback: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[BCDState, list[dict[str, Any]]]:
     """Grow the allocation of ``st`` (side outputs from a recent sweep) up to ``total``: each
@@ -273,40 +275,61 @@ def grow_by_gains(
     ranks at a time matters: BCD started from zero factors with the final ranks stalls far
     above the error that this continuation reaches. With ``max_steps``, the last step adds
     all that is left (by the gain curves ``st.gains``, several ranks per level). Cost per
-    step: about one BCD epoch. Returns the state (changed in place) and the steps
-    ``{"step", "src": None, "dst": [levels], "rel_error", "ranks"}``."""
+    step: about one BCD epoch. ``n_trials`` > 1 (with ``per_step=1``): each step tries the
+    ``n_trials`` levels of largest ``delta_plus``, each on a copy with its epoch
+    (``threads`` at a time, one BLAS thread each), and keeps the lowest loss. Returns the
+    state and the steps ``{"step", "src": None, "dst": [levels], "rel_error", "ranks"}``."""
     L = len(st.ranks)
     caps = rank_caps(st.rb, st.cb)
     order = epoch_order(L)
     steps: list[dict[str, Any]] = []
+    n_workers = max(1, min(threads, n_trials))
+
+    def trial(base: BCDState, lvl: int) -> BCDState:
+        t = base.copy()
+        move_rank(t, None, lvl)
+        sweep(t, order)
+        t.exact_loss()
+        return t
+
     step = 0
-    while sum(st.ranks) < total:
-        deficit = total - sum(st.ranks)
-        if max_steps is not None and step >= max_steps - 1:
-            add = pick_by_gains(st.gains, st.ranks, caps, deficit)
-            if not add.any():
-                break
-            for lvl in np.flatnonzero(add):
-                _pad_level(st, int(lvl), int(add[lvl]))
-            for lvl in np.flatnonzero(add):
-                fit_level(st, int(lvl), cold=True)
-            dst = [int(x) for x in np.flatnonzero(add)]
-        else:
+    with _blas_single_thread(n_workers > 1), ThreadPoolExecutor(max_workers=n_workers) as pool:
+        while sum(st.ranks) < total:
+            deficit = total - sum(st.ranks)
             cand = sorted((-float(st.delta_plus[i]), i) for i in range(L)
                           if st.ranks[i] < caps[i])
             if not cand:
                 break
-            dst = [i for _, i in cand[:min(per_step, deficit)]]
-            for lvl in dst:
-                move_rank(st, None, lvl)
-        sweep(st, order)
-        st.exact_loss()
-        info = {"step": step, "src": None, "dst": dst, "rel_error": st.rel_error,
-                "ranks": list(st.ranks)}
-        steps.append(info)
-        if callback:
-            callback(info)
-        step += 1
+            if max_steps is not None and step >= max_steps - 1:
+                add = pick_by_gains(st.gains, st.ranks, caps, deficit)
+                if not add.any():
+                    break
+                for lvl in np.flatnonzero(add):
+                    _pad_level(st, int(lvl), int(add[lvl]))
+                for lvl in np.flatnonzero(add):
+                    fit_level(st, int(lvl), cold=True)
+                dst = [int(x) for x in np.flatnonzero(add)]
+                sweep(st, order)
+                st.exact_loss()
+            elif n_trials > 1 and per_step == 1 and len(cand) > 1:
+                lvls = [i for _, i in cand[:n_trials]]
+                bases = [st] * len(lvls)
+                results = (list(pool.map(trial, bases, lvls)) if n_workers > 1
+                           else [trial(b, i) for b, i in zip(bases, lvls, strict=True)])
+                q = min(range(len(lvls)), key=lambda x: results[x].loss)
+                st, dst = results[q], [lvls[q]]
+            else:
+                dst = [i for _, i in cand[:min(per_step, deficit)]]
+                for lvl in dst:
+                    move_rank(st, None, lvl)
+                sweep(st, order)
+                st.exact_loss()
+            info = {"step": step, "src": None, "dst": dst, "rel_error": st.rel_error,
+                    "ranks": list(st.ranks)}
+            steps.append(info)
+            if callback:
+                callback(info)
+            step += 1
     return st, steps
 
 

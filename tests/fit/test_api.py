@@ -38,6 +38,7 @@ def no_work(monkeypatch):
         (np.ones((8, 8)), {"rank": 2, "split_vectors": 0}, "split_vectors"),
         (np.ones((8, 8)), {"rank": 2, "max_rank_moves": 0}, "max_rank_moves"),
         (np.ones((8, 8)), {"rank": 2, "threads": 0}, "threads"),
+        (np.ones((8, 8)), {"rank": 2, "grow_trials": 0}, "grow_trials"),
     ],
 )
 def test_bad_input_raises_before_work(no_work, A, kwargs, match):

@@ -174,3 +174,16 @@ def test_events_are_published_to_subscribers():
     moves = [e for e in got if e["stage"] == "rank_move"]
     assert all(e["total"] is not None and e["step"] <= e["total"] for e in moves)
     assert all("rel_error" in e and "ranks" in e for e in moves)
+
+
+def test_growth_trials_never_worse_than_their_best_candidate():
+    A = radial_kernel(128, seed=9)
+    one = fit_mlr(A, 10, init="bottom", allocate_ranks=False, max_iter=1, baselines=False)
+    three = fit_mlr(A, 10, init="bottom", allocate_ranks=False, max_iter=1, baselines=False,
+                    grow_trials=3, threads=2)
+    g1 = [m for m in one.history_["rank_moves"] if m["src"] is None]
+    g3 = [m for m in three.history_["rank_moves"] if m["src"] is None]
+    assert len(g1) == len(g3) == 9 and sum(three.ranks) == 10
+    # the first step tries the level the one-trial growth takes, among others
+    assert g3[0]["rel_error"] <= g1[0]["rel_error"] + 1e-12
+    assert np.all(np.diff([m["rel_error"] for m in g3]) < 0)
