@@ -38,6 +38,9 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
         description="Fit a multilevel low rank matrix (learned or stored hierarchy, rank "
                     "allocation, BCD/ALS) to a dense matrix store (zarr, format 'matrix').")
     p.add_argument("matrix", help="dense matrix store (zarr) written by 'mlr-dask generate'")
+    p.add_argument("--array", default=None, metavar="NAME",
+                   help="the 2-D array (or xarray variable) of a zarr store that mlr-dask did "
+                        "not write (default: its only 2-D array)")
     p.add_argument("--rank", type=_positive_int, required=True, help="total rank r")
     p.add_argument("--levels", type=_positive_int, default=None,
                    help="number of levels (default: bisection to 1-2 items, then atoms)")
@@ -159,7 +162,7 @@ def run_fit(args: argparse.Namespace) -> dict[str, Any]:
     from mlr_dask.fit.api import fit_mlr, load_matrix_store
     from mlr_dask.fit.baselines import truncated_svd
 
-    store = load_matrix_store(args.matrix)  # format checks: InputError before any work
+    store = load_matrix_store(args.matrix, args.array)  # format checks, before any work
     m, n = store.shape
     if args.rank > min(m, n):
         raise InputError(f"--rank {args.rank} is larger than min(m, n) = {min(m, n)}")
@@ -194,7 +197,7 @@ def run_fit(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     with ctx as client:
         try:
-            M = fit_mlr(args.matrix, args.rank, levels=args.levels, partition=args.partition,
+            M = fit_mlr(store, args.rank, levels=args.levels, partition=args.partition,
                         init=args.init, split_vectors=args.split_vectors,
                         allocate_ranks=not args.no_rank_alloc,
                         max_rank_moves=args.max_rank_moves, threads=args.threads,

@@ -310,7 +310,10 @@ def fit_mlr(
     store: MatrixStore | None = None
     operator = None
     dask_arr = None
-    if isinstance(A, str | Path | os.PathLike):
+    if isinstance(A, MatrixStore):
+        store = A
+        shape = store.shape
+    elif isinstance(A, str | Path | os.PathLike):
         store = load_matrix_store(A)
         shape = store.shape
     elif _is_dask(A):

@@ -1,5 +1,18 @@
-"""Dense matrix stores (zarr, format ``matrix`` v1) opened lazily, shared by the in-memory and
-the Dask engines."""
+"""Dense matrix stores opened lazily, shared by the in-memory and the Dask engines.
+
+Three layouts are read:
+
+- mlr-dask's own (format ``matrix`` v1, written by ``mlr-dask generate``): the array ``A`` in
+  stored order, with optional ``rows`` / ``cols`` hierarchies;
+- any zarr 3 store whose root is a 2-D array;
+- any zarr 3 group holding 2-D arrays, e.g. an xarray Dataset written with ``to_zarr`` (name
+  the variable with ``array=``; the only 2-D array is taken by default).
+
+The last two are in original order, with no stored hierarchy. To write one from Python::
+
+    xr.Dataset({"K": (("row", "col"), K)}).to_zarr("K.zarr")     # or
+    zarr.create_array("K.zarr", data=K)
+"""
 
 from __future__ import annotations
 
@@ -20,9 +33,16 @@ class MatrixStore:
     (``None`` when the store is in original order); ``attrs``: the group attributes.
     """
 
-    def __init__(self, path: str | os.PathLike) -> None:
-        from mlr_dask.io import open_group
+    def __init__(self, path: str | os.PathLike, array: str | None = None) -> None:
+        from mlr_dask.io import open_group, store_kind
 
+        kind = store_kind(path)
+        if kind is None:  # another writer's zarr store: a 2-D array or a group holding some
+            self._open_plain(path, array)
+            return
+        if array not in (None, "A"):
+            raise InputError(f"matrix store {str(path)!r} holds its matrix in 'A', not "
+                             f"{array!r}")
         g = open_group(path, "matrix", 1)
         if "A" not in g:
             raise InputError(f"matrix store {str(path)!r} has no array 'A'")
@@ -39,6 +59,43 @@ class MatrixStore:
             raise InputError("the stored hierarchies do not match the size of 'A'")
         self.attrs = dict(g.attrs)
 
+    def _open_plain(self, path: str | os.PathLike, array: str | None) -> None:
+        import zarr
+
+        from mlr_dask.errors import FormatError
+        from mlr_dask.paths import resolve_store, store_exists
+
+        loc = resolve_store(path)
+        if not store_exists(loc):
+            raise FormatError(f"no such store: {loc!r}")
+        try:
+            node = zarr.open(loc, mode="r")
+        except Exception as exc:  # zarr raises several types for what is not a store
+            raise FormatError(f"{loc!r} is not a zarr store ({type(exc).__name__})") from None
+        if isinstance(node, zarr.Array):
+            if array is not None:
+                raise InputError(f"{loc!r} is a single array; drop --array {array!r}")
+            arr = node
+        else:
+            two_d = sorted(name for name, a in node.arrays() if a.ndim == 2)
+            if array is None:
+                if len(two_d) != 1:
+                    raise InputError(f"{loc!r} holds {len(two_d)} 2-D arrays {two_d}: name "
+                                     "one with --array")
+                array = two_d[0]
+            if array not in node.array_keys():
+                raise InputError(f"{loc!r} has no array {array!r} (2-D arrays: {two_d})")
+            arr = node[array]
+        if arr.ndim != 2:
+            raise InputError(f"array {array or 'at the root'!r} of {loc!r} must be 2-D, got "
+                             f"shape {arr.shape}")
+        if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
+            raise InputError(f"array {array!r} of {loc!r} holds {arr.dtype}, not real numbers")
+        self.path = loc
+        self.array = arr
+        self.rows = self.cols = None
+        self.attrs = dict(arr.attrs)
+
     @property
     def shape(self) -> tuple[int, int]:
         return tuple(self.array.shape)  # type: ignore[return-value]
@@ -53,6 +110,7 @@ class MatrixStore:
         return out
 
 
-def load_matrix_store(path: str | os.PathLike) -> MatrixStore:
-    """Open a dense matrix store written by ``mlr-dask generate`` (format checks included)."""
-    return MatrixStore(path)
+def load_matrix_store(path: str | os.PathLike, array: str | None = None) -> MatrixStore:
+    """Open a dense matrix store (format checks included; see the module docstring for the
+    layouts). Reads metadata only."""
+    return MatrixStore(path, array)
