@@ -309,7 +309,8 @@ class MultilevelFactorModel(TransformerMixin, BaseEstimator):
                 cp.write_checkpoint(checkpoint, st)
             ll = float(st.loglike[-1])
             if publish:
-                _publish(st.n_iter, max_iter, ll)
+                _publish(st.n_iter, max_iter, ll, ranks=[int(r) for r in tree.ranks],
+                         n_blocks=[int(g) for g in tree.n_groups])
             if callback is not None:
                 callback({"iteration": st.n_iter, "loglike": ll, "seconds": times[-1]})
             last[0] = time.perf_counter()
@@ -826,12 +827,12 @@ def _rel_change(state: em.FMState) -> float:
     return abs(ll[-1] - ll[-2]) / max(abs(ll[-1]), 1e-300)
 
 
-def _publish(step: int, total: int, loglike: float) -> None:
+def _publish(step: int, total: int, loglike: float, **metrics: Any) -> None:
     try:
         from mlr_dask import events
     except ImportError:  # pragma: no cover - the module ships with the package
         return
-    events.publish("em", step=int(step), total=int(total), loglike=float(loglike))
+    events.publish("em", step=int(step), total=int(total), loglike=float(loglike), **metrics)
 
 
 def _run_missing(tree: FactorTree, state: em.FMState, Yh: np.ndarray, *, max_iter: int,
