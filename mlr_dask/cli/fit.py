@@ -88,36 +88,6 @@ def _check_output(path: str | None, what: str) -> Path | None:
     return p
 
 
-class _Progress:
-    def __init__(self, quiet: bool) -> None:
-        self.quiet = quiet
-        self.bar: Any = None
-        self.stage: str | None = None
-
-    def __call__(self, stage: str, info: dict[str, Any]) -> None:
-        if self.quiet:
-            return
-        from tqdm.auto import tqdm
-
-        name = {"partition": "partition", "rank_move": "rank allocation",
-                "epoch": "factor fit"}.get(stage)
-        if name is None:
-            return
-        if name != self.stage:
-            self.close()
-            total = info.get("total")
-            self.bar = tqdm(total=total, desc=name, file=sys.stderr, leave=True)
-            self.stage = name
-        if "rel_error" in info:
-            self.bar.set_postfix(rel_error=f"{info['rel_error']:.4g}")
-        self.bar.update(1)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-
 def _plots(dirpath: Path, M: Any) -> list[str]:
     import matplotlib
 
@@ -182,7 +152,9 @@ def run_fit(args: argparse.Namespace) -> dict[str, Any]:
         out = check_output(args.out, "mlr-matrix", overwrite=args.overwrite,
                            inputs=[args.matrix], what="--out")
     plots = _check_output(args.plots, "--plots")
-    progress = _Progress(args.quiet)
+    from mlr_dask.events import ProgressBars
+
+    bars = ProgressBars(file=sys.stderr, disable=args.quiet)  # driven by the fit's events
     # Dask's in-process schedulers mean no cluster: the in-memory pipeline runs
     from mlr_dask.cluster import LOCAL_SCHEDULERS
 
@@ -196,7 +168,7 @@ def run_fit(args: argparse.Namespace) -> dict[str, Any]:
         ctx = connect(args.scheduler, quiet=args.quiet)
     t0 = time.perf_counter()
     with ctx as client:
-        try:
+        with bars:
             M = fit_mlr(store, args.rank, levels=args.levels, partition=args.partition,
                         init=args.init, split_vectors=args.split_vectors,
                         allocate_ranks=not args.no_rank_alloc,
@@ -205,10 +177,7 @@ def run_fit(args: argparse.Namespace) -> dict[str, Any]:
                         method=args.method,
                         symmetric=args.symmetric, psd=args.psd, max_iter=args.max_iter,
                         tol=args.tol, seed=args.seed, backend="dask" if use_dask else
-                        args.backend, client=client, chunk_items=args.chunk_items,
-                        progress=progress)
-        finally:
-            progress.close()
+                        args.backend, client=client, chunk_items=args.chunk_items)
         h = M.history_
         t1 = time.perf_counter()
         lrd_err = h.get("lowrank_diag_rel_error")
