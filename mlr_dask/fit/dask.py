@@ -796,9 +796,31 @@ def fit_mlr_dask(
         eng = _ZarrEngine(*zarr_src, rch, cch)
     else:
         eng = _DaskEngine(Ad, rch, cch)
-    return fit_products(eng, rows, cols, ranks, c=c, rch=rch, cch=cch, psd=psd,
-                        max_iter=max_iter, tol=tol, q=q, seed=seed, exact_max=exact_max,
-                        progress=progress)
+    try:
+        M = fit_products(eng, rows, cols, ranks, c=c, rch=rch, cch=cch, psd=psd,
+                         max_iter=max_iter, tol=tol, q=q, seed=seed, exact_max=exact_max,
+                         progress=progress)
+    except np.linalg.LinAlgError:
+        _raise_if_not_finite(Ad)  # the usual cause; costs a pass only when the fit failed
+        raise
+    if not np.isfinite(M.history_["rel_error"][-1]):
+        _raise_if_not_finite(Ad)
+    return M
+
+
+def _raise_if_not_finite(Ad: Any) -> None:
+    """InputError naming the first chunk (row and column ranges, hierarchy order) of ``Ad`` that
+    holds NaN or inf. One pass over the matrix."""
+    import dask.array as da
+
+    bad = da.map_blocks(lambda b: np.array([[not np.isfinite(b).all()]]), Ad,
+                        chunks=(1, 1), dtype=bool).compute()
+    if bad.any():
+        i, j = np.argwhere(bad)[0]
+        r0, c0 = int(sum(Ad.chunks[0][:i])), int(sum(Ad.chunks[1][:j]))
+        raise InputError(
+            f"A contains NaN or inf (first in rows {r0}:{r0 + Ad.chunks[0][i]}, columns "
+            f"{c0}:{c0 + Ad.chunks[1][j]} of the hierarchy order)")
 
 
 def fit_mlr_operator(
