@@ -179,9 +179,8 @@ def test_failure_lines_for_cluster_errors():
     from mlr_dask.cli.main import _describe_failure
     from mlr_dask.cli.run import StageError
 
-    msg, code = _describe_failure(
-        StageError("fit", "fit-fm", KilledWorker("chunk-3", SimpleNamespace(address="tcp://w:1"), 3), ["/d/Y.zarr"]),
-        None)
+    killed = KilledWorker("chunk-3", SimpleNamespace(address="tcp://w:1"), 3)
+    msg, code = _describe_failure(StageError("fit", "fit-fm", killed, ["/d/Y.zarr"]), None)
     assert code == 1 and msg.startswith("stage 'fit' (fit-fm on '/d/Y.zarr'): workers died")
     assert "memory" in msg
     msg, code = _describe_failure(MemoryError(), None)
