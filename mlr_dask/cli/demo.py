@@ -117,9 +117,9 @@ def _mlr_stage(args: argparse.Namespace, where: Path, client: Any, say: Any) -> 
 
 
 def _fm_stage(args: argparse.Namespace, where: Path, say: Any) -> dict[str, Any]:
-    from mlr_dask.cluster import stage
     from sklearn.exceptions import ConvergenceWarning
 
+    from mlr_dask.cluster import stage
     from mlr_dask.fm import MultilevelFactorModel
     from mlr_dask.fm.data import generate_fm, write_fm
 
