@@ -191,9 +191,16 @@ def _chain(exc: BaseException) -> list[BaseException]:
     return out
 
 
+def _show_warning(message: Warning | str, category: type, filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     import logging
+    import warnings
 
+    warnings.showwarning = _show_warning  # one "warning: ..." line each, no source lines
     # a Ctrl-C in the middle of a gather leaves asyncio futures whose "exception was never
     # retrieved" reports would follow the one error line
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
