@@ -80,6 +80,24 @@ def _blas_single_thread(enabled: bool) -> Any:
     return threadpool_limits(limits=1)
 
 
+def _exchange_candidates(
+    st: BCDState, caps: Sequence[int], gain_plus: np.ndarray,
+    skip: tuple[int, int] | None = None,
+) -> list[tuple[int, int]]:
+    """Every move ``j -> i`` (a rank from level j to level i below its cap; ``skip`` left out),
+    best first by predicted loss change ``delta_minus[j] - gain_plus[i]``. O(L^2)."""
+    L = len(st.ranks)
+    cand = []
+    for j in range(L):
+        if st.ranks[j] < 1 or not np.isfinite(st.delta_minus[j]):
+            continue
+        for i in range(L):
+            if i != j and st.ranks[i] < caps[i] and (j, i) != skip:
+                cand.append((st.delta_minus[j] - gain_plus[i], j, i))
+    cand.sort()
+    return [(j, i) for _, j, i in cand]
+
+
 def allocate_ranks(
     st: BCDState,
     *,
@@ -119,18 +137,10 @@ def allocate_ranks(
     with _blas_single_thread(n_jobs > 1), ThreadPoolExecutor(max_workers=max(1, n_jobs)) as pool:
         for step in range(max_steps):
             cur = st_ref[0]
-            cand = []
-            for j in range(L):
-                if cur.ranks[j] < 1 or not np.isfinite(cur.delta_minus[j]):
-                    continue
-                for i in range(L):
-                    if i == j or cur.ranks[i] >= caps[i]:
-                        continue
-                    cand.append((cur.delta_minus[j] - cur.delta_plus[i], j, i))
+            cand = _exchange_candidates(cur, caps, cur.delta_plus)
             if not cand:
                 break
-            cand.sort()
-            pairs: list[tuple[int, int] | None] = [(j, i) for _, j, i in cand[:n_trials + 1]]
+            pairs: list[tuple[int, int] | None] = list(cand[:n_trials + 1])
             if last is not None:  # no immediate undo of the previous move
                 pairs = [p for p in pairs if p != (last[1], last[0])] or pairs
             pairs = pairs[:n_trials]
@@ -372,20 +382,10 @@ def exchange_ranks(
     n_workers = max(1, min(threads, n_trials))
     with _blas_single_thread(n_workers > 1), ThreadPoolExecutor(max_workers=n_workers) as pool:
         for step in range(max_steps):
-            cand = []
-            for j in range(L):
-                if cur.ranks[j] < 1 or not np.isfinite(cur.delta_minus[j]):
-                    continue
-                for i in range(L):
-                    if i == j or cur.ranks[i] >= caps[i]:
-                        continue
-                    if last is not None and (j, i) == (last[1], last[0]):
-                        continue
-                    cand.append((cur.delta_minus[j] - cur.gains[i, 0], j, i))
-            if not cand:
+            undo = None if last is None else (last[1], last[0])
+            pairs = _exchange_candidates(cur, caps, cur.gains[:, 0], skip=undo)[:n_trials]
+            if not pairs:
                 break
-            cand.sort()
-            pairs = [(j, i) for _, j, i in cand[:n_trials]]
             results = (list(pool.map(trial, pairs)) if n_workers > 1
                        else [trial(p) for p in pairs])
             q = min(range(len(pairs)), key=lambda x: results[x].loss)
