@@ -96,22 +96,18 @@ def thread_limits(threads: int) -> Iterator[None]:
 
 class Reporter:
     """Progress of a fit: the legacy ``progress(stage, info)`` callback and
-    :func:`mlr_dask.events.publish` (when that module is present), one call per step."""
+    :func:`mlr_dask.events.publish` (which never raises for a failing sink), one call per
+    step."""
 
     def __init__(self, progress: Callable[[str, dict[str, Any]], None] | None = None) -> None:
+        from mlr_dask import events
+
         self.progress = progress
         self.t0 = time.perf_counter()
-        try:
-            from mlr_dask import events  # type: ignore[attr-defined]
-
-            self.publish: Any = getattr(events, "publish", None)
-        except ImportError:
-            self.publish = None
+        self.publish = events.publish
 
     def __call__(self, stage: str, step: int, total: int | None = None, **info: Any) -> None:
         if self.progress is not None:
             self.progress(stage, {"step": step, "total": total, **info})
-        if self.publish is not None:
-            metrics = {k: v for k, v in info.items() if isinstance(v, int | float | str | list)}
-            with contextlib.suppress(Exception):  # progress must never break a fit
-                self.publish(stage, step, total, **metrics)
+        metrics = {k: v for k, v in info.items() if isinstance(v, int | float | str | list)}
+        self.publish(stage, step, total, **metrics)

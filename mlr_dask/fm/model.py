@@ -828,10 +828,8 @@ def _rel_change(state: em.FMState) -> float:
 
 
 def _publish(step: int, total: int, loglike: float, **metrics: Any) -> None:
-    try:
-        from mlr_dask import events
-    except ImportError:  # pragma: no cover - the module ships with the package
-        return
+    from mlr_dask import events
+
     events.publish("em", step=int(step), total=int(total), loglike=float(loglike), **metrics)
 
 
