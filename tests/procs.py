@@ -9,7 +9,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -144,4 +143,4 @@ def json_out(proc: subprocess.CompletedProcess) -> dict:
 
 
 __all__ = ["ProcessCluster", "mlr_dask", "json_out", "free_port", "clean_env", "DASK",
-           "MLR_DASK", "sys"]
+           "MLR_DASK"]

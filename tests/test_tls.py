@@ -9,7 +9,6 @@ environment variables (as deploy/ does); the CLI gets its certificate the same w
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import socket
@@ -19,11 +18,10 @@ import time
 from pathlib import Path
 
 import pytest
+from procs import DASK, MLR_DASK, clean_env, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 MAKE_CERTS = REPO / "deploy" / "make_certs.sh"
-DASK = shutil.which("dask")
-MLR_DASK = shutil.which("mlr-dask")
 
 pytestmark = [
     pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed"),
@@ -45,18 +43,6 @@ def tls_env(certs: Path, role: str, inline: bool = False) -> dict[str, str]:
              f"{key}__CERT": certs / f"{pair}.pem", f"{key}__KEY": certs / f"{pair}-key.pem"}
     env = {k: f.read_text() if inline else str(f) for k, f in files.items()}
     return {"DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION": "True", **env}
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DASK_")}
-    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **extra)
-    return env
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def stop(procs: list[subprocess.Popen]) -> None:
