@@ -71,6 +71,11 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=["auto", "numpy", "dask"], default="auto")
     p.add_argument("--chunk-items", type=_positive_int, default=None,
                    help="rows/cols per chunk on the Dask path (default 4096)")
+    p.add_argument("--block-items", type=_positive_int, default=None,
+                   help="learned Dask path: largest block side a task learns in memory "
+                        "(default: from the workers' memory limit, at most 4096)")
+    p.add_argument("--sample-items", type=_positive_int, default=2048,
+                   help="learned Dask path: sampled rows/cols for the rank allocation")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", metavar="MODEL", default=None, help="write the model (zarr)")
     p.add_argument("--overwrite", action="store_true",
@@ -177,7 +182,8 @@ def run_fit(args: argparse.Namespace) -> dict[str, Any]:
                         method=args.method,
                         symmetric=args.symmetric, psd=args.psd, max_iter=args.max_iter,
                         tol=args.tol, seed=args.seed, backend="dask" if use_dask else
-                        args.backend, client=client, chunk_items=args.chunk_items)
+                        args.backend, client=client, chunk_items=args.chunk_items,
+                        block_items=args.block_items, sample_items=args.sample_items)
         h = M.history_
         t1 = time.perf_counter()
         lrd_err = h.get("lowrank_diag_rel_error")
@@ -217,6 +223,10 @@ def run_fit(args: argparse.Namespace) -> dict[str, Any]:
         "starts": h.get("starts"),
         "seconds": seconds,
     }
+    if "passes_over_A" in h:
+        result["passes_over_A"] = h["passes_over_A"]
+        if "passes" in h:
+            result["passes"] = h["passes"]
     if out is not None:
         from mlr_dask.io import atomic_group
 

@@ -3,8 +3,9 @@ matvec-only operator, learning the hierarchy and the rank allocation when asked.
 
 This module validates the input and picks the engine: the in-memory pipeline
 (:mod:`mlr_dask.fit.pipeline`: partition -> allocate -> fit -> compare with low rank and low
-rank + diagonal) or the Dask engine (:mod:`mlr_dask.fit.dask`, fixed hierarchy). Times per
-stage are in ``history_["seconds"]``.
+rank + diagonal) or the Dask path: :mod:`mlr_dask.fit.learn_dask` when the hierarchy is
+learned, :mod:`mlr_dask.fit.dask` for a fixed one. Times per stage are in
+``history_["seconds"]``.
 """
 
 from __future__ import annotations
@@ -212,6 +213,8 @@ def fit_mlr(
     client: Any = None,
     chunk_items: int | None = None,
     power_iters: int = 2,
+    block_items: int | None = None,
+    sample_items: int = 2048,
     progress: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> MLRMatrix:
     """Fit an MLR matrix of total rank ``rank`` to ``A``.
@@ -267,18 +270,23 @@ def fit_mlr(
     psd : symmetric PSD model ``B B^T`` with clipped eigenvalues (implies ``symmetric``).
     max_iter, tol : epochs of the final fit and the relative-decrease stopping rule.
     backend : ``"auto"`` (Dask for dask / zarr inputs larger than the in-memory limit, numpy
-        otherwise), ``"numpy"`` or ``"dask"`` (needs a fixed hierarchy; the ranks are kept as
-        given or as the starting allocation: no rank allocation on the Dask path).
+        otherwise), ``"numpy"`` or ``"dask"``. On the Dask path a given hierarchy is fitted
+        with the ranks as given (or the starting allocation: no rank allocation); otherwise
+        the hierarchy and the ranks are learned there too (:func:`mlr_dask.fit.learn_dask.
+        learn_mlr_dask`: top splits by passes over the tiles, the blocks below as tasks, the
+        allocation on a sample as futures, a continuation along its growth path).
     client, chunk_items, power_iters : Dask path options (see :func:`mlr_dask.fit.dask.
         fit_mlr_dask`); the default scheduler is used when ``client`` is None.
+    block_items, sample_items : learned Dask path: the largest block side one task learns in
+        memory (default from the workers' memory limit, at most 4096) and the sampled rows
+        (columns) of the rank allocation.
     progress : optional callback ``progress(stage, info)``; every step is also published with
         :func:`mlr_dask.events.publish` (stages ``partition``, ``rank_move``, ``epoch``).
 
     Memory: the in-memory path materializes about three m x n float64 arrays (the matrix, the
     residual, and one trial copy per thread during rank allocation; an ALS final fit adds
     one: the target rebuilt in hierarchy order); ``backend="auto"`` switches dask and zarr
-    inputs to the Dask path (fixed hierarchy) when that would exceed
-    ``mlr_dask.mlr.DENSE_LIMIT_BYTES``.
+    inputs to the Dask path when that would exceed ``mlr_dask.mlr.DENSE_LIMIT_BYTES``.
 
     Returns
     -------
@@ -382,14 +390,31 @@ def fit_mlr(
         if ranks is not None:
             _check_ranks(ranks, rows, cols)
 
-    # ---- the engine: Dask (fixed hierarchy, no allocation) or the in-memory pipeline
+    # ---- the engine: Dask (learned, or a fixed hierarchy without allocation) or in memory
     if (store is not None or dask_arr is not None) and operator is None:
         nbytes = m * n * 8
         use_dask = backend == "dask" or (backend == "auto" and 3 * nbytes > DENSE_LIMIT_BYTES)
         if use_dask:
             if rows is None:
-                raise InputError("the Dask path needs a fixed hierarchy (hierarchy=... or "
-                                 "partition='given' / 'dyadic')")
+                from mlr_dask.fit.learn_dask import (
+                    LearnOptions,
+                    default_block_items,
+                    learn_mlr_dask,
+                )
+
+                lo = LearnOptions(
+                    block_items=int(block_items) if block_items is not None
+                    else default_block_items(client), sample_items=int(sample_items),
+                    q=int(power_iters), balanced=bool(balanced), refine=bool(refine),
+                    split=split, n_vectors=int(split_vectors), symmetric=symmetric, psd=psd,
+                    seed=int(seed))
+                if ranks is not None:
+                    raise InputError("ranks are learned on the Dask path: give the total rank "
+                                     "only, or a hierarchy with the ranks")
+                return learn_mlr_dask(store if store is not None else dask_arr, rank, L,
+                                      opts=lo, max_iter=max_iter, tol=tol,
+                                      chunk_items=chunk_items, client=client,
+                                      progress=progress)
             from mlr_dask.fit.dask import fit_mlr_dask
 
             rk = list(ranks) if ranks is not None else initial_ranks(

@@ -474,6 +474,17 @@ class _Factors:
         self.nB = [np.zeros(m) for _ in range(L)]
         self.nC = self.nB if psd else [np.zeros(n) for _ in range(L)]
 
+    def resize(self, ranks: Sequence[int]) -> None:
+        """Set the ranks per level: factor columns kept, cut, or zero padded."""
+        for lvl, r in enumerate(ranks):
+            r = int(r)
+            self.B[lvl] = _fit_columns(self.B[lvl], r)
+            if not self.psd:
+                self.C[lvl] = _fit_columns(self.C[lvl], r)
+        if self.psd:
+            self.C = self.B
+        self.ranks = [int(r) for r in ranks]
+
     def apply(self, X: np.ndarray, exclude: int, transpose: bool) -> np.ndarray:
         """``sum_{l != exclude} A_l X`` (or ``A_l^T``) in hierarchy order."""
         outer, inner = (self.cb, self.rb) if transpose else (self.rb, self.cb)
@@ -486,6 +497,12 @@ class _Factors:
             block_matmat(np.ascontiguousarray(Bl), np.ascontiguousarray(Cl), X, outer[lvl],
                          inner[lvl], out)
         return out
+
+
+def _fit_columns(F: np.ndarray, r: int) -> np.ndarray:
+    if F.shape[1] >= r:
+        return np.ascontiguousarray(F[:, :r])
+    return np.pad(F, ((0, 0), (0, r - F.shape[1])))
 
 
 def _orth(Y: np.ndarray) -> np.ndarray:
@@ -530,7 +547,7 @@ def _product_level(eng: Any, F: _Factors, lvl: int, q: int, rng: np.random.Gener
                 for t in range(p)]
 
     Y = R_times(Om, W)
-    for _ in range(0 if warm else q):
+    for _ in range(0 if warm else (min(q, 1) if r == 0 else q)):  # r = 0: dp only
         Q = [_orth(y) for y in Y]
         Z = [_orth(z) for z in RT_times(Q, W)]
         Y = R_times(Z, W)
@@ -665,12 +682,20 @@ def fit_products(
     q: int = 2,
     seed: int = 0,
     exact_max: int = 192,
+    grow_from: Sequence[int] | None = None,
+    exchange_steps: int = 8,
     progress: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> MLRMatrix:
     """BCD with levels ``< c`` fitted through products of ``eng`` and levels ``>= c`` inside the
-    diagonal chunks ``rch``/``cch``; see the module docstring."""
+    diagonal chunks ``rch``/``cch``; see the module docstring. ``grow_from``: start at these
+    ranks and grow to the total of ``ranks`` one rank per epoch, on the level of largest
+    predicted gain (the next singular values of its blocks, from that epoch), as the in-memory
+    growth does; ``ranks`` then gives the total only and the grown ranks are returned. This
+    continuation from the finest levels ends far lower than BCD started at the final ranks on
+    kernel matrices. Cost: one epoch (without the loss pass) per step. After the growth, up to
+    ``exchange_steps`` rank exchanges (:func:`_exchange`)."""
     t0 = time.perf_counter()
-    F = _Factors(rows, cols, ranks, psd)
+    F = _Factors(rows, cols, ranks if grow_from is None else grow_from, psd)
     L = len(F.ranks)
     rng = np.random.default_rng(seed)
     operator = rch is None
@@ -704,11 +729,31 @@ def fit_products(
             E = np.zeros((cols.n, b - a))
             E[np.arange(a, b), np.arange(b - a)] = 1.0
             norm2 += float(np.sum(eng.matmat(E) ** 2))
+    moves: list[dict[str, Any]] = []
+    if grow_from is not None:
+        total = int(sum(int(r) for r in ranks))
+        caps = [int(min(np.diff(F.rb[lvl]).min(), np.diff(F.cb[lvl]).min())) for lvl in range(L)]
+        epoch(list(range(L)))
+        while sum(F.ranks) < total:
+            cand = [lvl for lvl in range(L) if F.ranks[lvl] < caps[lvl]]
+            if not cand:
+                raise InputError(f"rank {total} exceeds the capacity {sum(caps)} of the levels")
+            lvl = max(cand, key=lambda x: F.dp[x])
+            F.resize([r + (1 if x == lvl else 0) for x, r in enumerate(F.ranks)])
+            epoch(epoch_order(L))
+            moves.append({"step": len(moves) + 1, "src": None, "dst": int(lvl),
+                          "ranks": list(F.ranks)})
+            if progress:
+                progress("rank_move", {"step": len(moves), "total": total - sum(grow_from),
+                                       "ranks": list(F.ranks)})
     epoch(list(range(L)))
     cur = loss()
     hist = [float(np.sqrt(cur / norm2))]
     if progress:
         progress("epoch", {"epoch": 0, "rel_error": hist[-1]})
+    if grow_from is not None and exchange_steps:
+        cur = _exchange(F, epoch, loss, cur, L, exchange_steps, moves, progress)
+        hist[-1] = float(np.sqrt(cur / norm2))
     for it in range(1, max_iter + 1):
         epoch(epoch_order(L))  # the full order: see epoch_levels
         new = loss()
@@ -722,11 +767,52 @@ def fit_products(
     B = np.hstack(F.B)
     M = MLRMatrix(rows, cols, F.ranks, B) if psd else MLRMatrix(rows, cols, F.ranks, B,
                                                                    np.hstack(F.C))
-    M.history_ = {"rel_error": hist, "ranks": list(F.ranks),
+    M.history_ = {"rel_error": hist, "ranks": list(F.ranks), "rank_moves": moves,
                   "passes_over_A": round(float(eng.passes), 6), "chunk_level": c,
                   "n_chunks": 0 if operator else int(rch.size - 1),
                   "seconds": {"fit": time.perf_counter() - t0}}
     return M
+
+
+def _exchange(F: _Factors, epoch: Callable[[list[int]], None], loss: Callable[[], float],
+              cur: float, L: int, steps: int, moves: list[dict[str, Any]],
+              progress: Callable[[str, dict[str, Any]], None] | None, eps: float = 1e-3,
+              n_trials: int = 2) -> float:
+    """Rank exchanges with trials: the moves of one rank from a level ``src`` to a level
+    ``dst`` are ranked by the predicted change ``dp[dst] - dm[src]`` of the last epoch (the
+    next singular values of ``dst``'s blocks against the last ones of ``src``'s) and the best
+    ``n_trials`` are tried in turn, each with one epoch; the first that lowers the loss by
+    ``eps`` of it is kept (the factors are restored otherwise), and the exchange stops when
+    none does. Returns the loss. Cost per trial: one epoch and one loss pass."""
+    caps = [int(min(np.diff(F.rb[lvl]).min(), np.diff(F.cb[lvl]).min())) for lvl in range(L)]
+    for _ in range(steps):
+        pairs = sorted(((F.dp[d] - F.dm[s], s, d) for s in range(L) for d in range(L)
+                        if s != d and F.ranks[s] > 0 and F.ranks[d] < caps[d]
+                        and np.isfinite(F.dm[s])), reverse=True)[:n_trials]
+        accepted = False
+        for _, src, dst in pairs:
+            saved = ([b.copy() for b in F.B], None if F.psd else [c.copy() for c in F.C],
+                     list(F.ranks), F.dp.copy(), F.dm.copy())
+            rk = list(F.ranks)
+            rk[src] -= 1
+            rk[dst] += 1
+            F.resize(rk)
+            epoch(epoch_order(L))
+            new = loss()
+            if new <= (1.0 - eps) * cur:
+                cur = new
+                moves.append({"step": len(moves) + 1, "src": int(src), "dst": int(dst),
+                              "ranks": list(F.ranks)})
+                if progress:
+                    progress("rank_move", {"step": len(moves), "ranks": list(F.ranks)})
+                accepted = True
+                break
+            F.B = saved[0]
+            F.C = F.B if F.psd else saved[1]
+            F.ranks, F.dp, F.dm = saved[2], saved[3], saved[4]
+        if not accepted:
+            break
+    return cur
 
 
 def _source_in_hierarchy_order(src: Any, rows: Hierarchy, cols: Hierarchy) -> tuple[Any, Any]:
@@ -772,6 +858,7 @@ def fit_mlr_dask(
     seed: int = 0,
     exact_max: int = 192,
     engine: str = "dask",
+    grow_from: Sequence[int] | None = None,
     progress: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> MLRMatrix:
     """Fit the factors (fixed hierarchy and ranks) of a matrix given as a Dask array (original
@@ -781,6 +868,7 @@ def fit_mlr_dask(
     ``engine="numpy"`` runs the same algorithm on the matrix loaded in memory (reference).
     With a store, the tasks read their chunks from zarr themselves (see the module docstring).
     The result's ``history_`` holds the relative error per epoch and ``passes_over_A``.
+    ``grow_from``: grow the ranks from these first (see :func:`fit_products`).
     """
     chunk_items = 4096 if chunk_items is None else int(chunk_items)
     if chunk_items < 1:
@@ -799,7 +887,7 @@ def fit_mlr_dask(
     try:
         M = fit_products(eng, rows, cols, ranks, c=c, rch=rch, cch=cch, psd=psd,
                          max_iter=max_iter, tol=tol, q=q, seed=seed, exact_max=exact_max,
-                         progress=progress)
+                         grow_from=grow_from, progress=progress)
     except np.linalg.LinAlgError:
         _raise_if_not_finite(Ad)  # the usual cause; costs a pass only when the fit failed
         raise

@@ -1,0 +1,753 @@
+"""Learning the hierarchy and the ranks on the Dask path, for a matrix that need not fit in
+memory (a zarr store, a Dask array; a numpy array runs the same stages in-process).
+
+The stages, each a function of the previous one's output (``mlr.md`` s. 4, the ``"bottom"``
+start: the hierarchy is recursive co-clustering of ``W = A o A``, the ranks grow from the atoms):
+
+1. :func:`top_splits`: while a block of the finest learned level is larger than
+   ``block_items`` (the side a worker may hold), every block of the level is split in two by
+   the same rule as :func:`mlr_dask.fit.partition.split_block` (bipartite spectral
+   co-clustering; Fiedler vectors when symmetric; the cut direction of smallest normalized cut
+   in a 4-dimensional embedding), but through *passes over A*: each pass is one task per stored
+   tile computing ``W_t X`` and ``W_t^T Y`` for the diagonal blocks of the level at once. A level
+   costs about ``2 q + 3 + rounds`` passes: degrees, the
+   randomized SVD of the normalized ``W`` with ``q`` power iterations, and the scoring of the
+   candidate cuts (symmetric: ``2 q`` iterations of one pass each), then up to
+   ``refine_rounds`` rounds of batch swaps (two passes each, one symmetric).
+2. :func:`split_below`: one task per block of that level reads its block of A and learns the
+   rest of the hierarchy in memory (:func:`mlr_dask.fit.partition.spectral_partition`).
+   The blocks' rows are scattered in the stored order, so each task decodes the stored chunks
+   its rows and columns meet (counted in ``passes_over_A``).
+3. :func:`allocate_on_sample`: a stratified sample of rows and columns (every block of the
+   finest non-atom level keeps about the same fraction, at least one item) is read once, and
+   the in-memory pipeline's allocations from two starts (growth from the atoms, and the
+   uniform start with exchanges) run as futures on the workers, on the sampled matrix with the
+   induced hierarchy; the start of lower sampled error is kept.
+4. The factors are fitted by :func:`mlr_dask.fit.dask.fit_mlr_dask` with the learned
+   hierarchy: after the growth start, the ranks grow again on the whole matrix, one per epoch
+   on the level of largest predicted gain (a continuation, as in memory); after the uniform
+   start, with the sample's ranks.
+
+Memory: per tile task two tiles; per block task about four copies of a ``block_items``-sided
+block; per allocation task about four copies of the ``sample_items``-sided sample; on the client
+the products (``(m + n) x`` about 50 numbers) and the hierarchies.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from mlr_dask.errors import InputError
+from mlr_dask.fit.dask import ZarrChunk, _chunk_array
+from mlr_dask.fit.partition import _cuts, _directions, atom_counts, spectral_partition
+from mlr_dask.hierarchy import Hierarchy
+from mlr_dask.mlr import MLRMatrix
+
+__all__ = ["TileSource", "LearnOptions", "default_block_items", "top_splits", "split_below",
+           "allocate_on_sample", "learn_mlr_dask"]
+
+#: starts whose allocations are tried on the sample (as futures)
+SAMPLE_STARTS = ("bottom", "uniform")
+
+
+@dataclass
+class LearnOptions:
+    """Options of the learned Dask path. ``block_items``: the largest block side one task
+    loads (default 2048); ``sample_items``: sampled rows (columns) for the rank allocation
+    (default 2048); ``q``: power iterations of the split embeddings; ``rounds``: refinement
+    rounds of the cut direction; the partition options mirror the in-memory ones."""
+
+    block_items: int = 2048
+    sample_items: int = 2048
+    q: int = 2
+    rounds: int = 2
+    n_vectors: int = 4
+    n_random: int = 32
+    balanced: bool = False
+    refine: bool = True
+    refine_rounds: int = 3
+    split: str = "normalized"
+    symmetric: bool = False
+    psd: bool = False
+    seed: int = 0
+
+
+def default_block_items(client: Any = None) -> int:
+    """The largest block side a task may learn in memory: sixteen float64 copies of the block
+    (the partition's copies, with room for the worker's own memory) within the smallest
+    worker memory limit of the client's cluster divided by the worker's threads, at most
+    4096; 2048 when there is no client or no limit."""
+    if client is None:
+        return 2048
+    try:  # the memory of one task: the worker's limit over its threads
+        limits = [(w.get("memory_limit") or 0) / max(1, int(w.get("nthreads") or 1))
+                  for w in client.scheduler_info()["workers"].values()]
+    except Exception:  # an unusual client: keep the default
+        return 2048
+    lim = min((x for x in limits if x), default=0)
+    if not lim:
+        return 2048
+    return int(max(64, min(4096, np.sqrt(lim / (16 * 8)))))
+
+
+# ------------------------------------------------------------------------------ the source
+class TileSource:
+    """The matrix as a grid of tiles (the stored chunks of a zarr array, the chunks of a Dask
+    array, or ``tile`` x ``tile`` pieces of a numpy array), read inside the task that uses them.
+    ``stored_rows`` / ``stored_cols``: the original item at each stored position. Positions
+    below are stored positions. ``passes`` counts the tiles decoded, in units of the matrix."""
+
+    def __init__(self, src: Any, tile: int = 2048) -> None:
+        from mlr_dask.fit.store import MatrixStore
+
+        self.passes = 0.0
+        if isinstance(src, MatrixStore):
+            self.kind = "zarr"
+            self.array = src.array
+            m, n = src.shape
+            cr, cc = (int(c) for c in src.array.chunks)
+            self.sr = src.rows.perm if src.rows is not None else np.arange(m)
+            self.sc = src.cols.perm if src.cols is not None else np.arange(n)
+        elif hasattr(src, "dask") and hasattr(src, "chunks"):
+            self.kind = "dask"
+            self.array = src
+            m, n = (int(s) for s in src.shape)
+            self.sr, self.sc = np.arange(m), np.arange(n)
+        else:
+            self.kind = "numpy"
+            self.array = np.asarray(src, dtype=np.float64)
+            m, n = self.array.shape
+            cr = cc = tile
+            self.sr, self.sc = np.arange(m), np.arange(n)
+        self.shape = (m, n)
+        if self.kind == "dask":
+            self.rg = np.concatenate([[0], np.cumsum(self.array.chunks[0])]).astype(np.int64)
+            self.cg = np.concatenate([[0], np.cumsum(self.array.chunks[1])]).astype(np.int64)
+        else:
+            self.rg = np.append(np.arange(0, m, cr), m).astype(np.int64)
+            self.cg = np.append(np.arange(0, n, cc), n).astype(np.int64)
+
+    @property
+    def n_tiles(self) -> int:
+        return (self.rg.size - 1) * (self.cg.size - 1)
+
+    def tile(self, i: int, j: int) -> Any:
+        """What a task needs to read tile ``(i, j)``."""
+        rs = slice(int(self.rg[i]), int(self.rg[i + 1]))
+        cs = slice(int(self.cg[j]), int(self.cg[j + 1]))
+        if self.kind == "zarr":
+            return ZarrChunk(self.array, rs, cs)
+        if self.kind == "dask":
+            return self.array.blocks[i, j]
+        return self.array[rs, cs]
+
+    def block(self, rows: np.ndarray, cols: np.ndarray) -> Any:
+        """What a task needs to read ``A[rows][:, cols]`` (sorted stored positions); counts the
+        tiles it meets."""
+        ti = np.unique(np.searchsorted(self.rg, rows, side="right") - 1)
+        tj = np.unique(np.searchsorted(self.cg, cols, side="right") - 1)
+        self.passes += ti.size * tj.size / self.n_tiles
+        if self.kind == "zarr":
+            return ZarrChunk(self.array, rows, cols)
+        if self.kind == "dask":
+            return self.array[rows][:, cols]
+        return self.array[np.ix_(rows, cols)]
+
+    def compute(self, calls: list[tuple[Callable[..., Any], tuple[Any, ...]]]) -> list[Any]:
+        """Run ``f(*args)`` for each call: Dask tasks (the default scheduler) unless numpy."""
+        if self.kind == "numpy":
+            return [f(*args) for f, args in calls]
+        import dask
+
+        return list(dask.compute(*[dask.delayed(f, pure=False)(*a) for f, a in calls]))
+
+
+# ------------------------------------------------------------------------------ tasks
+def tile_products(src: Any, r0: int, c0: int, br: np.ndarray, bc: np.ndarray,
+                  X: np.ndarray | None, Y: np.ndarray | None, zero_diag: bool
+                  ) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """One tile's share of a pass: with ``W = A_t o A_t`` kept where the row's block equals the
+    column's (``br`` (h,), ``bc`` (w,); negative: in no block) and, when ``zero_diag``, zero on
+    the diagonal of the whole matrix (``r0``, ``c0``: the tile's offsets), returns ``(W X,
+    W^T Y)`` ((h, k), (w, k); None for a missing operand). Cost O(h w k)."""
+    A = _chunk_array(src, writable=True)
+    np.square(A, out=A)
+    A[br[:, None] != bc[None, :]] = 0.0
+    if zero_diag:
+        h, w = A.shape
+        d = np.arange(max(r0, c0), min(r0 + h, c0 + w))
+        A[d - r0, d - c0] = 0.0
+    return (None if X is None else A @ X, None if Y is None else A.T @ Y)
+
+
+def block_partition(src: Any, n_levels: int, symmetric: bool, psd: bool, balanced: bool,
+                    refine: bool, split: str, n_vectors: int, seed: int
+                    ) -> tuple[np.ndarray, list[np.ndarray], np.ndarray, list[np.ndarray]]:
+    """The hierarchy of one block (its rows and columns as given, ``n_levels`` levels, atoms
+    last) by :func:`spectral_partition` with rank only on the atoms. Returns the local row order
+    and boundaries per level, then the same for the columns. Memory: about four copies of the
+    block."""
+    A = _chunk_array(src, writable=False)
+    rk = [0] * (n_levels - 1) + [1]
+    rows, cols, _ = spectral_partition(A, n_levels, rk, symmetric=symmetric, psd=psd,
+                                       balanced=balanced, refine=refine, method=split,
+                                       n_vectors=n_vectors, seed=seed)
+    return rows.perm, list(rows.boundaries), cols.perm, list(cols.boundaries)
+
+
+def sample_allocation(A: Any, rows: Hierarchy, cols: Hierarchy, rank: int, start: str,
+                      symmetric: bool, psd: bool, seed: int) -> tuple[list[int], float]:
+    """The in-memory pipeline's rank allocation on a sampled matrix ``A`` (hierarchy order,
+    identity permutations) from ``start`` (``"bottom"``: growth from rank 1 on the atoms;
+    ``"uniform"``: :func:`mlr_dask.fit.pipeline.initial_ranks` then exchanges), single
+    threaded. Returns the ranks per level and the sampled relative error."""
+    from mlr_dask.fit import pipeline
+    from mlr_dask.fit.options import FitOptions, Options, Reporter
+    from mlr_dask.fit.ranks import rank_caps
+
+    A = _chunk_array(A, writable=False)
+    L = rows.n_levels
+    caps = rank_caps(rows.boundaries, cols.boundaries)
+    r = int(min(rank, sum(caps)))
+    if start == "bottom":
+        rk = [0] * (L - 1) + [min(1, caps[-1])]
+    else:
+        rk = pipeline.initial_ranks(r, caps, rows.has_atoms)
+    opts = Options(fit=FitOptions(max_iter=3), symmetric=symmetric, psd=psd, seed=seed,
+                   threads=1, baselines=False)
+    M = pipeline.run(np.ascontiguousarray(A), r, opts, Reporter(None), rows=rows, cols=cols,
+                     ranks=rk)
+    return [int(x) for x in M.ranks], float(M.history_["rel_error"][-1])
+
+
+# ------------------------------------------------------------------------------ passes
+@dataclass
+class _Level:
+    """The finest learned level: ``pr`` / ``pc`` stored position at each hierarchy position,
+    ``rb`` / ``cb`` boundaries of every level so far."""
+
+    pr: np.ndarray
+    pc: np.ndarray
+    rb: list[np.ndarray]
+    cb: list[np.ndarray]
+
+    def ids(self, m: int, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Block of the finest level of each stored row (column)."""
+        br = np.empty(m, dtype=np.int64)
+        bc = np.empty(n, dtype=np.int64)
+        br[self.pr] = np.repeat(np.arange(self.rb[-1].size - 1), np.diff(self.rb[-1]))
+        bc[self.pc] = np.repeat(np.arange(self.cb[-1].size - 1), np.diff(self.cb[-1]))
+        return br, bc
+
+
+def _pass(ts: TileSource, br: np.ndarray, bc: np.ndarray, X: np.ndarray | None,
+          Y: np.ndarray | None, zero_diag: bool) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """``(W X, W^T Y)`` in stored order for the diagonal blocks given by ``br`` / ``bc``: one
+    task per tile that holds a diagonal-block entry. ``X`` (n, k), ``Y`` (m, k)."""
+    m, n = ts.shape
+    calls, where = [], []
+    for i in range(ts.rg.size - 1):
+        r0, r1 = int(ts.rg[i]), int(ts.rg[i + 1])
+        bi = br[r0:r1]
+        for j in range(ts.cg.size - 1):
+            c0, c1 = int(ts.cg[j]), int(ts.cg[j + 1])
+            bj = bc[c0:c1]
+            if not np.intersect1d(bi, bj).size:
+                continue
+            calls.append((tile_products, (ts.tile(i, j), r0, c0, bi, bj,
+                                          None if X is None else X[c0:c1],
+                                          None if Y is None else Y[r0:r1], zero_diag)))
+            where.append((r0, r1, c0, c1))
+    ts.passes += len(calls) / ts.n_tiles
+    WX = None if X is None else np.zeros((m, X.shape[1]))
+    WtY = None if Y is None else np.zeros((n, Y.shape[1]))
+    for (r0, r1, c0, c1), (a, b) in zip(where, ts.compute(calls), strict=True):
+        if a is not None:
+            WX[r0:r1] += a
+        if b is not None:
+            WtY[c0:c1] += b
+    return WX, WtY
+
+
+def _orth_blocks(Y: np.ndarray, groups: list[np.ndarray]) -> np.ndarray:
+    out = np.zeros_like(Y)
+    for g in groups:
+        out[g] = np.linalg.qr(Y[g])[0][:, :Y.shape[1]] if g.size >= Y.shape[1] else \
+            np.linalg.qr(Y[g])[0] @ np.eye(g.size, Y.shape[1])
+    return out
+
+
+def _embeddings(ts: TileSource, lv: _Level, o: LearnOptions, rng: np.random.Generator
+                ) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray, np.ndarray]:
+    """Spectral embeddings (k vectors) of every block of the finest level through passes:
+    singular pairs 2..k+1 of ``D1^-1/2 W D2^-1/2`` (eigenvectors of ``D^-1/2 W D^-1/2`` when
+    symmetric), the trivial pair deflated, by a randomized range finder with ``q`` power
+    iterations, scaled back by ``D^-1/2``. Returns per block ``Zr`` (a, k) and ``Zc`` (b, k) in
+    the block's hierarchy order, and the row / column degrees (stored order)."""
+    m, n = ts.shape
+    sym = o.symmetric
+    br, bc = lv.ids(m, n)
+    rows = [lv.pr[a:b] for a, b in zip(lv.rb[-1][:-1], lv.rb[-1][1:], strict=True)]
+    cols = [lv.pc[a:b] for a, b in zip(lv.cb[-1][:-1], lv.cb[-1][1:], strict=True)]
+    d1, d2 = _pass(ts, br, bc, np.ones((n, 1)), None if sym else np.ones((m, 1)), sym)
+    d1 = d1[:, 0]
+    d2 = d1 if sym else d2[:, 0]
+    tiny = 1e-300 + 1e-12 * max(float(d1.max(initial=0.0)), 1e-300)
+    d1, d2 = d1 + tiny, d2 + tiny
+    s1, s2 = 1.0 / np.sqrt(d1), 1.0 / np.sqrt(d2)
+    u0, v0 = np.sqrt(d1), np.sqrt(d2)
+    tot_r = np.array([d1[g].sum() for g in rows])
+    k = max(1, min(o.n_vectors, min(min(g.size for g in rows), min(g.size for g in cols)) - 2))
+    w = min(k + 8, min(min(g.size for g in rows), min(g.size for g in cols)))
+
+    def defl(out: np.ndarray, inp: np.ndarray, uo: np.ndarray, ui: np.ndarray,
+             groups_o: list[np.ndarray], groups_i: list[np.ndarray]) -> np.ndarray:
+        for t, (go, gi) in enumerate(zip(groups_o, groups_i, strict=True)):
+            out[go] -= np.outer(uo[go], ui[gi] @ inp[gi]) / tot_r[t]
+        return out
+
+    def N(X: np.ndarray) -> np.ndarray:  # deflated D1^-1/2 W D2^-1/2
+        WX, _ = _pass(ts, br, bc, s2[:, None] * X, None, sym)
+        return defl(s1[:, None] * WX, X, u0, v0, rows, cols)
+
+    def NT(Y: np.ndarray) -> np.ndarray:
+        _, WtY = _pass(ts, br, bc, None, s1[:, None] * Y, False)
+        return defl(s2[:, None] * WtY, Y, v0, u0, cols, rows)
+
+    Om = rng.standard_normal((n, w))
+    Y = N(Om)
+    for _ in range(2 * o.q if sym else o.q):  # a symmetric iteration is one pass, not two
+        Q = _orth_blocks(Y, rows)
+        Y = N(Q) if sym else N(_orth_blocks(NT(Q), cols))
+    Q = _orth_blocks(Y, rows)
+    Zr, Zc = [], []
+    if sym:
+        S = N(Q)
+        for g in rows:  # Rayleigh-Ritz; the largest (algebraic) eigenvalues
+            lam, V = np.linalg.eigh(0.5 * (Q[g].T @ S[g] + S[g].T @ Q[g]))
+            U = Q[g] @ V[:, ::-1][:, :k]
+            Zr.append(U * s1[g][:, None])
+        Zc = Zr
+    else:
+        S = NT(Q)  # N^T Q: (n, w), the small SVD per block
+        for g, h in zip(rows, cols, strict=True):
+            Ub, _, Vt = np.linalg.svd(S[h].T, full_matrices=False)
+            Zr.append((Q[g] @ Ub[:, :k]) * s1[g][:, None])
+            Zc.append(Vt[:k].T * s2[h][:, None])
+    return Zr, Zc, d1, d2
+
+
+def _score(ts: TileSource, lv: _Level, P: list[np.ndarray], Qc: list[np.ndarray],
+           d1: np.ndarray, d2: np.ndarray, o: LearnOptions, min_size: int
+           ) -> tuple[list[np.ndarray], list[list[tuple[np.ndarray, int, np.ndarray, int]]]]:
+    """Normalized cut of ``W`` of each candidate cut of each block (rows cut along the columns
+    of ``P[t]`` (a, d), columns along ``Qc[t]`` (b, d)) by one pass; see
+    :func:`mlr_dask.fit.partition._score_cuts`."""
+    m, n = ts.shape
+    br, bc = lv.ids(m, n)
+    d = P[0].shape[1]
+    X = np.zeros((n, d))
+    Rms, cuts_all = [], []
+    for t, (a0, a1, b0, b1) in enumerate(zip(lv.rb[-1][:-1], lv.rb[-1][1:], lv.cb[-1][:-1],
+                                            lv.cb[-1][1:], strict=True)):
+        a, b = a1 - a0, b1 - b0
+        ordr = np.argsort(P[t], axis=0, kind="stable")
+        ordc = np.argsort(Qc[t], axis=0, kind="stable")
+        cr = _cuts(P[t], o.balanced, min_size)
+        cc = _cuts(Qc[t], o.balanced, min_size)
+        rank_r = np.empty((a, d), dtype=np.int64)
+        rank_r[ordr, np.arange(d)] = np.arange(a)[:, None]
+        rank_c = np.empty((b, d), dtype=np.int64)
+        rank_c[ordc, np.arange(d)] = np.arange(b)[:, None]
+        Rms.append((rank_r < cr).astype(np.float64))
+        X[lv.pc[b0:b1]] = (rank_c < cc).astype(np.float64)
+        cuts_all.append([(ordr[:, j], int(cr[j]), ordc[:, j], int(cc[j])) for j in range(d)])
+    WX, _ = _pass(ts, br, bc, X, None, o.symmetric)
+    scores = []
+    for t, (a0, a1, b0, b1) in enumerate(zip(lv.rb[-1][:-1], lv.rb[-1][1:], lv.cb[-1][:-1],
+                                            lv.cb[-1][1:], strict=True)):
+        g, h = lv.pr[a0:a1], lv.pc[b0:b1]
+        Rm, Cm = Rms[t], X[h]
+        m00 = np.einsum("ij,ij->j", Rm, WX[g])
+        r0, c0 = d1[g] @ Rm, d2[h] @ Cm
+        cut = (r0 - m00) + (c0 - m00)
+        vol0 = r0 + c0
+        vol1 = d1[g].sum() + d2[h].sum() - vol0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            s = cut / np.maximum(vol0, 1e-300) + cut / np.maximum(vol1, 1e-300)
+        scores.append(np.where(np.isfinite(s), s, np.inf))
+    return scores, cuts_all
+
+
+def _split_level(ts: TileSource, lv: _Level, o: LearnOptions, min_size: int,
+                 rng: np.random.Generator) -> _Level:
+    """Split every block of the finest level in two (see the module docstring)."""
+    Zr, Zc, d1, d2 = _embeddings(ts, lv, o, rng)
+    k = Zr[0].shape[1]
+    nb = len(Zr)
+    D = _directions(k, o.n_random, rng)
+    scores, cuts = _score(ts, lv, [z @ D for z in Zr], [z @ D for z in Zc], d1, d2, o,
+                          min_size)
+    best = [int(np.argmin(s)) for s in scores]
+    best_w = [D[:, j] for j in best]
+    best_s = [scores[t][best[t]] for t in range(nb)]
+    best_c = [cuts[t][best[t]] for t in range(nb)]
+    step = 0.5
+    for _ in range(o.rounds if k > 1 else 0):
+        Ds = []
+        for t in range(nb):
+            Dl = best_w[t][:, None] + step * rng.standard_normal((k, 12))
+            Ds.append(Dl / np.linalg.norm(Dl, axis=0, keepdims=True))
+        scores, cuts = _score(ts, lv, [z @ Dl for z, Dl in zip(Zr, Ds, strict=True)],
+                              [z @ Dl for z, Dl in zip(Zc, Ds, strict=True)], d1, d2, o,
+                              min_size)
+        for t in range(nb):
+            j = int(np.argmin(scores[t]))
+            if scores[t][j] < best_s[t]:
+                best_w[t], best_s[t], best_c[t] = Ds[t][:, j], scores[t][j], cuts[t][j]
+        step *= 0.5
+    pr, pc = lv.pr.copy(), lv.pc.copy()
+    new_rb, new_cb = [0], [0]
+    for t, (a0, a1, b0, b1) in enumerate(zip(lv.rb[-1][:-1], lv.rb[-1][1:], lv.cb[-1][:-1],
+                                            lv.cb[-1][1:], strict=True)):
+        ordr, cr, ordc, cc = best_c[t]
+        if o.symmetric:
+            ordc, cc = ordr, cr
+        pr[a0:a1] = lv.pr[a0:a1][ordr]
+        pc[b0:b1] = lv.pc[b0:b1][ordc]
+        new_rb += [a0 + cr, a1]
+        new_cb += [b0 + cc, b1]
+    out = _Level(pr, pc, lv.rb + [np.asarray(new_rb, dtype=np.int64)],
+                 lv.cb + [np.asarray(new_cb, dtype=np.int64)])
+    if o.refine:
+        _refine_level(ts, lv, out, d1, d2, o)
+    return out
+
+
+def _swap_side(p: np.ndarray, lo: int, mid: int, hi: int, gain: np.ndarray) -> int:
+    """Swap between the sides ``p[lo:mid]`` and ``p[mid:hi]`` (stored positions) every pair of
+    items, best first, whose summed gain of moving (``gain``: stored order, per item, for
+    moving to the other side) is positive; ``p`` is updated in place. Returns the swaps."""
+    s0, s1 = p[lo:mid].copy(), p[mid:hi].copy()
+    if not s0.size or not s1.size:
+        return 0
+    o0 = np.argsort(-gain[s0], kind="stable")
+    o1 = np.argsort(-gain[s1], kind="stable")
+    k = min(s0.size, s1.size)
+    tot = gain[s0[o0[:k]]] + gain[s1[o1[:k]]]
+    n_sw = int(np.count_nonzero(tot > 0)) if tot.size and tot[0] > 0 else 0
+    if n_sw:
+        a, b = s0[o0[:n_sw]].copy(), s1[o1[:n_sw]].copy()
+        s0[o0[:n_sw]], s1[o1[:n_sw]] = b, a
+        p[lo:mid], p[mid:hi] = s0, s1
+    return n_sw
+
+
+def _refine_level(ts: TileSource, parent: _Level, lv: _Level, d1: np.ndarray, d2: np.ndarray,
+                  o: LearnOptions) -> None:
+    """Greedy swap refinement of the new level's cuts through passes (the batch form of
+    :func:`mlr_dask.fit.partition._swap_refine`): with the column sides fixed, moving rows does
+    not change the gain of moving other rows, so every pair of rows with a positive summed gain
+    (the mass of ``W`` they bring into the diagonal blocks) is swapped at once; then the
+    columns, with the rows fixed. One pass per half round, ``o.refine_rounds`` rounds or until
+    nothing moves. Symmetric: rows and columns together, one pass per round (the pair terms
+    ``W_ij`` are ignored). Updates ``lv.pr`` / ``lv.pc`` in place."""
+    m, n = ts.shape
+    br, bc = parent.ids(m, n)
+    rb, cb = lv.rb[-1], lv.cb[-1]
+    nb = (rb.size - 1) // 2
+    for _ in range(o.refine_rounds):
+        moved = 0
+        for axis in ((0,) if o.symmetric else (0, 1)):
+            if axis == 0:
+                X = np.zeros((n, 1))
+                for t in range(nb):
+                    X[lv.pc[cb[2 * t + 1]:cb[2 * t + 2]], 0] = 1.0
+                WX, _ = _pass(ts, br, bc, X, None, o.symmetric)
+                m1 = WX[:, 0]
+                gain = np.where(np.isin(np.arange(m), _side1(lv.pr, rb, nb)), (d1 - m1) - m1,
+                                m1 - (d1 - m1))
+                for t in range(nb):
+                    moved += _swap_side(lv.pr, rb[2 * t], rb[2 * t + 1], rb[2 * t + 2], gain)
+                if o.symmetric:
+                    lv.pc[:] = lv.pr
+            else:
+                Y = np.zeros((m, 1))
+                for t in range(nb):
+                    Y[lv.pr[rb[2 * t + 1]:rb[2 * t + 2]], 0] = 1.0
+                _, WtY = _pass(ts, br, bc, None, Y, False)
+                n1 = WtY[:, 0]
+                gain = np.where(np.isin(np.arange(n), _side1(lv.pc, cb, nb)), (d2 - n1) - n1,
+                                n1 - (d2 - n1))
+                for t in range(nb):
+                    moved += _swap_side(lv.pc, cb[2 * t], cb[2 * t + 1], cb[2 * t + 2], gain)
+        if not moved:
+            break
+
+
+def _side1(p: np.ndarray, b: np.ndarray, nb: int) -> np.ndarray:
+    return np.concatenate([p[b[2 * t + 1]:b[2 * t + 2]] for t in range(nb)])
+
+
+# ------------------------------------------------------------------------------ stages
+def _n_split(n_levels: int) -> int:
+    return max(0, n_levels - 2)
+
+
+def top_splits(ts: TileSource, n_levels: int, o: LearnOptions,
+               report: Callable[..., None] | None = None) -> _Level:
+    """Stage 1: the levels whose blocks are larger than ``o.block_items`` (a side), learned by
+    passes over the tiles (see the module docstring). Returns the learned levels (at least the
+    root) in stored positions."""
+    m, n = ts.shape
+    lv = _Level(np.arange(m), np.arange(n), [np.array([0, m])], [np.array([0, n])])
+    rng = np.random.default_rng(o.seed)
+    n_split = _n_split(n_levels)
+    lvl = 0
+    while lvl < n_split and max(np.diff(lv.rb[-1]).max(), np.diff(lv.cb[-1]).max()) \
+            > o.block_items:
+        lvl += 1
+        lv = _split_level(ts, lv, o, 2 ** (n_split - lvl), rng)
+        if report:
+            report("partition", lvl, n_split, level=lvl, of=n_split, where="cluster",
+                   passes_over_A=round(ts.passes, 3))
+    return lv
+
+
+def split_below(ts: TileSource, lv: _Level, n_levels: int, o: LearnOptions,
+                report: Callable[..., None] | None = None) -> tuple[Hierarchy, Hierarchy]:
+    """Stage 2: the rest of the hierarchy, one task per block of the finest learned level
+    (:func:`block_partition`). Returns the whole hierarchies (stored positions as items)."""
+    t = len(lv.rb) - 1
+    local_levels = n_levels - t
+    nb = lv.rb[-1].size - 1
+    rows_sorted, cols_sorted, calls = [], [], []
+    for k in range(nb):
+        g = np.sort(lv.pr[lv.rb[-1][k]:lv.rb[-1][k + 1]])
+        h = g if o.symmetric else np.sort(lv.pc[lv.cb[-1][k]:lv.cb[-1][k + 1]])
+        rows_sorted.append(g)
+        cols_sorted.append(h)
+        if local_levels > 2:
+            calls.append((block_partition, (ts.block(g, h), local_levels, o.symmetric, o.psd,
+                                            o.balanced, o.refine, o.split, o.n_vectors,
+                                            o.seed + k)))
+    results = ts.compute(calls) if calls else []
+    if report and calls:
+        report("partition", _n_split(n_levels), _n_split(n_levels), where="blocks",
+               blocks=len(calls), passes_over_A=round(ts.passes, 3))
+    pr, pc = [], []
+    rb = [list(b) for b in lv.rb]
+    cb = [list(b) for b in lv.cb]
+    extra_r: list[list[int]] = [[0] for _ in range(max(0, local_levels - 1))]
+    extra_c: list[list[int]] = [[0] for _ in range(max(0, local_levels - 1))]
+    off_r = off_c = 0
+    for k in range(nb):
+        g, h = rows_sorted[k], cols_sorted[k]
+        if calls:
+            lpr, lrb, lpc, lcb = results[k]
+        else:  # only the atoms are left
+            cnt = min(g.size, h.size)
+            lpr, lpc = np.arange(g.size), np.arange(h.size)
+            lrb = [np.array([0, g.size]),
+                   np.linspace(0, g.size, cnt + 1).round().astype(np.int64)]
+            lcb = [np.array([0, h.size]),
+                   np.linspace(0, h.size, cnt + 1).round().astype(np.int64)]
+        pr.append(g[lpr])
+        pc.append(h[lpc])
+        for j in range(1, local_levels):
+            extra_r[j - 1] += (off_r + lrb[j][1:]).tolist()
+            extra_c[j - 1] += (off_c + lcb[j][1:]).tolist()
+        off_r += g.size
+        off_c += h.size
+    rows = Hierarchy([np.asarray(b) for b in rb] + [np.asarray(b) for b in extra_r],
+                     np.concatenate(pr))
+    cols = Hierarchy([np.asarray(b) for b in cb] + [np.asarray(b) for b in extra_c],
+                     np.concatenate(pc))
+    return rows, cols
+
+
+def _sample(rows: Hierarchy, cols: Hierarchy, items: int, symmetric: bool,
+            rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, Hierarchy, Hierarchy]:
+    """Hierarchy positions of a stratified sample (the same fraction of every block of the
+    finest non-atom level, at least one item; the same positions for both sides when
+    ``symmetric``) and the hierarchies it induces (identity order, atoms rebuilt)."""
+    L = rows.n_levels
+    top = L - 1 if L > 1 else 1  # the last level is atoms on this path
+    frac = min(1.0, items / max(rows.n, cols.n))
+
+    def pick(h: Hierarchy) -> np.ndarray:
+        b = h.boundaries[top - 1]
+        sizes = np.diff(b)
+        want = frac * sizes  # largest remainders first, at least one per block
+        k = np.maximum(1, np.floor(want)).astype(np.int64)
+        short = int(round(frac * h.n)) - int(k.sum())
+        if short > 0:
+            add = np.argsort(np.floor(want) - want, kind="stable")[:short]
+            k[add] = np.minimum(k[add] + 1, sizes[add])
+        return np.concatenate([np.sort(rng.choice(np.arange(a, z), size=c, replace=False))
+                               for a, z, c in zip(b[:-1], b[1:], k, strict=True)])
+
+    pos_r = pick(rows)
+    pos_c = pos_r if symmetric else pick(cols)
+
+    def induced(h: Hierarchy, pos: np.ndarray) -> Hierarchy:
+        hs = Hierarchy([np.searchsorted(pos, b) for b in h.boundaries[:top]])
+        return hs
+
+    hr, hc = induced(rows, pos_r), induced(cols, pos_c)
+    if top < L:
+        cnt = atom_counts(hr, hc)
+        hr, hc = hr.refine(cnt), hc.refine(cnt)
+    return pos_r, pos_c, hr, hc
+
+
+def allocate_on_sample(ts: TileSource, rows: Hierarchy, cols: Hierarchy, rank: int,
+                       o: LearnOptions, client: Any = None,
+                       report: Callable[..., None] | None = None
+                       ) -> tuple[list[int], dict[str, Any]]:
+    """Stage 3: the ranks per level, chosen on a stratified sample (:func:`_sample`) by the
+    in-memory allocation from each of :data:`SAMPLE_STARTS`, run as futures on the workers
+    (in-process without a client). ``rows`` / ``cols``: the learned hierarchies with stored
+    positions as items. Returns the ranks (capped by the full hierarchy's blocks) and what
+    the sample gave."""
+    from mlr_dask.fit.ranks import rank_caps
+
+    rng = np.random.default_rng(o.seed + 7)
+    pos_r, pos_c, hr, hc = _sample(rows, cols, o.sample_items, o.symmetric, rng)
+    sr, sc = rows.perm[pos_r], cols.perm[pos_c]  # stored positions, hierarchy order
+    ir, ic = np.argsort(sr, kind="stable"), np.argsort(sc, kind="stable")
+    handle = ts.block(sr[ir], sc[ic])
+    inv_r, inv_c = np.argsort(ir), np.argsort(ic)
+    if client is not None and ts.kind != "numpy":
+        import dask
+
+        Ad = client.compute(dask.delayed(_reorder, pure=True)(handle, inv_r, inv_c))
+        futs = [client.submit(_sample_allocation_sorted, Ad, hr, hc, rank, s, o.symmetric,
+                              o.psd, o.seed, pure=False) for s in SAMPLE_STARTS]
+        results = client.gather(futs)
+    elif ts.kind == "numpy":
+        A = _reorder(handle, inv_r, inv_c)
+        results = [_sample_allocation_sorted(A, hr, hc, rank, s, o.symmetric, o.psd, o.seed)
+                   for s in SAMPLE_STARTS]
+    else:
+        results = ts.compute([(_sample_in_task, (handle, inv_r, inv_c, hr, hc, rank, s,
+                                                  o.symmetric, o.psd, o.seed))
+                              for s in SAMPLE_STARTS])
+    errs = {s: r[1] for s, r in zip(SAMPLE_STARTS, results, strict=True)}
+    best = min(range(len(results)), key=lambda i: results[i][1])
+    ranks = list(results[best][0])
+    caps = rank_caps(rows.boundaries, cols.boundaries)
+    ranks = [min(r, c) for r, c in zip(ranks, caps, strict=True)]
+    if sum(ranks) < rank:  # the sample's caps were tighter: the rest to the root
+        ranks[0] += rank - sum(ranks)
+    info = {"sample": [int(pos_r.size), int(pos_c.size)], "starts": errs,
+            "start": SAMPLE_STARTS[best], "sample_ranks": list(results[best][0])}
+    if report:
+        report("rank_move", 1, 1, where="sample", ranks=ranks, start=SAMPLE_STARTS[best])
+    return ranks, info
+
+
+def _reorder(src: Any, inv_r: np.ndarray, inv_c: np.ndarray) -> np.ndarray:
+    A = _chunk_array(src, writable=False)
+    return np.ascontiguousarray(A[np.ix_(inv_r, inv_c)])
+
+
+def _sample_allocation_sorted(A: np.ndarray, hr: Hierarchy, hc: Hierarchy, rank: int,
+                              start: str, symmetric: bool, psd: bool, seed: int
+                              ) -> tuple[list[int], float]:
+    return sample_allocation(A, hr, hc, rank, start, symmetric, psd, seed)
+
+
+def _sample_in_task(src: Any, inv_r: np.ndarray, inv_c: np.ndarray, hr: Hierarchy,
+                    hc: Hierarchy, rank: int, start: str, symmetric: bool, psd: bool,
+                    seed: int) -> tuple[list[int], float]:
+    return sample_allocation(_reorder(src, inv_r, inv_c), hr, hc, rank, start, symmetric,
+                             psd, seed)
+
+
+@dataclass
+class LearnResult:
+    """What the learned Dask path reports next to the model."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+    passes: dict[str, float] = field(default_factory=dict)
+    allocation: dict[str, Any] = field(default_factory=dict)
+
+
+def learn_mlr_dask(
+    src: Any,
+    rank: int,
+    n_levels: int,
+    *,
+    opts: LearnOptions | None = None,
+    max_iter: int = 100,
+    tol: float = 1e-3,
+    chunk_items: int | None = None,
+    client: Any = None,
+    progress: Callable[[str, dict[str, Any]], None] | None = None,
+) -> MLRMatrix:
+    """Learn the hierarchy (``n_levels`` levels, atoms last) and the ranks of an MLR matrix of
+    total rank ``rank`` for ``src`` (a :class:`~mlr_dask.fit.store.MatrixStore`, a Dask array,
+    or a numpy array for the in-process reference), then fit the factors on the Dask path; the
+    stages are listed in the module docstring. ``history_`` adds ``seconds`` and
+    ``passes_over_A`` per stage and ``allocation`` (the sample, the starts' sampled errors).
+    Cost: the passes of the top levels, one read of each block of the first level that fits
+    ``block_items``, one read of the sample, and the final fit's passes."""
+    from mlr_dask.fit.dask import fit_mlr_dask
+    from mlr_dask.fit.options import Reporter
+
+    o = opts or LearnOptions()
+    report = Reporter(progress)
+    ts = TileSource(src)
+    m, n = ts.shape
+    if o.symmetric and m != n:
+        raise InputError(f"symmetric=True needs a square matrix, got {m} x {n}")
+    if n_levels > 1 and 2 ** (n_levels - 2) > min(m, n):
+        raise InputError(f"{n_levels} levels need at least {2 ** (n_levels - 2)} rows and "
+                         "columns")
+    if rank > min(m, n):
+        raise InputError(f"rank {rank} is larger than min(m, n) = {min(m, n)}")
+    for name in ("block_items", "sample_items"):
+        if getattr(o, name) < 16:
+            raise InputError(f"{name} must be at least 16, got {getattr(o, name)}")
+    res = LearnResult()
+    t0 = time.perf_counter()
+    lv = top_splits(ts, n_levels, o, report)
+    res.seconds["top_splits"] = time.perf_counter() - t0
+    res.passes["top_splits"] = ts.passes
+    t0, p0 = time.perf_counter(), ts.passes
+    rows_s, cols_s = split_below(ts, lv, n_levels, o, report)
+    res.seconds["blocks"] = time.perf_counter() - t0
+    res.passes["blocks"] = ts.passes - p0
+    t0, p0 = time.perf_counter(), ts.passes
+    ranks, res.allocation = allocate_on_sample(ts, rows_s, cols_s, rank, o, client, report)
+    res.seconds["rank_allocation"] = time.perf_counter() - t0
+    res.passes["rank_allocation"] = ts.passes - p0
+    rows = rows_s.with_perm(ts.sr[rows_s.perm])
+    cols = cols_s.with_perm(ts.sc[cols_s.perm])
+    t0 = time.perf_counter()
+    grow_from = None
+    if res.allocation["start"] == "bottom":  # grow on the whole matrix, as the sample did
+        grow_from = [0] * (n_levels - 1) + [1] if n_levels > 1 else None
+    engine = "numpy" if ts.kind == "numpy" else "dask"
+    fsrc = src
+    if ts.kind == "numpy":
+        import dask.array as da
+
+        fsrc = da.from_array(ts.array, chunks=(ts.rg[1], ts.cg[1]))
+    M = fit_mlr_dask(fsrc, rows, cols, ranks, psd=o.psd, max_iter=max_iter, tol=tol,
+                     client=client, chunk_items=chunk_items, q=o.q, seed=o.seed,
+                     engine=engine, grow_from=grow_from, progress=progress)
+    res.seconds["fit"] = time.perf_counter() - t0
+    res.passes["fit"] = float(M.history_["passes_over_A"])
+    M.history_["seconds"] = {**res.seconds, "total": sum(res.seconds.values())}
+    M.history_["passes"] = {k: round(v, 3) for k, v in res.passes.items()}
+    M.history_["passes_over_A"] = round(sum(res.passes.values()), 3)
+    M.history_["allocation"] = res.allocation
+    M.history_["learned"] = "dask"
+    return M
