@@ -843,6 +843,23 @@ def _source_in_hierarchy_order(src: Any, rows: Hierarchy, cols: Hierarchy) -> tu
     return arr.astype(np.float64), zarr_src
 
 
+def _publishing(progress: Callable[[str, dict[str, Any]], None] | None
+                ) -> Callable[[str, dict[str, Any]], None]:
+    """A ``progress(stage, info)`` callback that also publishes every step as an event
+    (:class:`mlr_dask.fit.options.Reporter`), so the driver and the monitor see the Dask path
+    as they see the in-memory one."""
+    from mlr_dask.fit.options import Reporter
+
+    report = Reporter(progress)
+
+    def cb(stage: str, info: dict[str, Any]) -> None:
+        step = int(info.get("step", info.get("epoch", 0)))
+        report(stage, step, info.get("total"),
+               **{k: v for k, v in info.items() if k not in ("step", "total")})
+
+    return cb
+
+
 def fit_mlr_dask(
     src: Any,
     rows: Hierarchy,
@@ -887,7 +904,7 @@ def fit_mlr_dask(
     try:
         M = fit_products(eng, rows, cols, ranks, c=c, rch=rch, cch=cch, psd=psd,
                          max_iter=max_iter, tol=tol, q=q, seed=seed, exact_max=exact_max,
-                         grow_from=grow_from, progress=progress)
+                         grow_from=grow_from, progress=_publishing(progress))
     except np.linalg.LinAlgError:
         _raise_if_not_finite(Ad)  # the usual cause; costs a pass only when the fit failed
         raise
@@ -930,4 +947,4 @@ def fit_mlr_operator(
     cannot be stored, at moderate sizes."""
     return fit_products(_OperatorEngine(op, rows, cols), rows, cols, ranks, c=rows.n_levels,
                         rch=None, cch=None, psd=psd, max_iter=max_iter, tol=tol, q=q, seed=seed,
-                        progress=progress)
+                        progress=_publishing(progress))

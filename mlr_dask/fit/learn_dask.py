@@ -707,6 +707,9 @@ def learn_mlr_dask(
     m, n = ts.shape
     if o.symmetric and m != n:
         raise InputError(f"symmetric=True needs a square matrix, got {m} x {n}")
+    if o.symmetric and not np.array_equal(ts.sr, ts.sc):
+        raise InputError("symmetric=True on the Dask path needs a store whose rows and columns "
+                         "are stored in the same order")
     if n_levels > 1 and 2 ** (n_levels - 2) > min(m, n):
         raise InputError(f"{n_levels} levels need at least {2 ** (n_levels - 2)} rows and "
                          "columns")

@@ -165,3 +165,20 @@ def test_learned_dask_path_bad_input(radial_store):
         learn_mlr_dask(store, 700, 6)
     with pytest.raises(InputError, match="ranks are learned"):
         fit_mlr(str(path), 10, ranks=[5, 5], levels=2, backend="dask")
+
+
+def test_learned_dask_path_symmetric_psd():
+    """A PSD kernel learned as symmetric PSD on the Dask path: one hierarchy for both sides,
+    ``B B^T`` factors, and the error of the returned model."""
+    from mlr_dask.datasets.matrices import hierarchical_covariance
+
+    A = hierarchical_covariance(256, seed=1)
+    A = A[np.ix_(*[np.random.default_rng(0).permutation(256)] * 2)]  # hide the groups
+    M = learn_mlr_dask(A, 10, 6, opts=LearnOptions(block_items=80, sample_items=128,
+                                                   symmetric=True, psd=True), max_iter=10)
+    assert np.array_equal(M.rows.perm, M.cols.perm)
+    assert M.rows.n_blocks[1] == 2
+    D = M.to_dense()
+    np.testing.assert_allclose(D, D.T, atol=1e-10)
+    assert _rel(A, M) == pytest.approx(M.history_["rel_error"][-1], rel=1e-9)
+    assert _rel(A, M) < 0.5
