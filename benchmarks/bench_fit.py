@@ -9,7 +9,11 @@ with ``X`` of shape (n, r), measured in the same run.
 The pipeline time is also given in units of one dense SVD of the same matrix (``numpy.linalg.
 svd``, thin, with the same thread count), measured in the same run, per stage.
 
-Usage: ``python -m benchmarks fit [--cases mlr:2000:1,radial:5000:2] [--rank R]``
+``--small 128`` instead times the whole ``fit_mlr`` (defaults) on small matrices (radial kernel
+and MLR plus noise, rank 10): the median of several runs, with the error next to LR and LR+D.
+
+Usage: ``python -m benchmarks fit [--cases mlr:2000:1,radial:5000:2] [--rank R]
+[--init bottom,uniform,best] [--grow-trials K] [--small N]``
 """
 
 from __future__ import annotations
@@ -65,7 +69,7 @@ def _matrix(kind: str, n: int, rank: int) -> tuple[np.ndarray, float | None]:
 
 def _quality(kind: str, n: int, rank: int, max_iter: int, tol: float,
              init: str | None = None, split_vectors: int | None = None,
-             threads: int = 1) -> dict[str, object]:
+             threads: int = 1, grow_trials: int | None = None) -> dict[str, object]:
     from threadpoolctl import threadpool_limits
 
     from mlr_dask.fit import fit_mlr
@@ -78,6 +82,8 @@ def _quality(kind: str, n: int, rank: int, max_iter: int, tol: float,
     kw: dict[str, object] = {} if init is None else {"init": init}
     if split_vectors is not None:
         kw["split_vectors"] = split_vectors
+    if grow_trials is not None:
+        kw["grow_trials"] = grow_trials
     M = fit_mlr(A, rank, max_iter=max_iter, tol=tol, threads=threads, **kw)
     total = time.perf_counter() - t0
     err = float(np.linalg.norm(A - M.to_dense()) / nrm)
@@ -92,6 +98,7 @@ def _quality(kind: str, n: int, rank: int, max_iter: int, tol: float,
     out: dict[str, object] = {
         "kind": kind, "shape": [m, nn], "rank": rank, "threads": threads,
         "init": init or "default", "split_vectors": split_vectors or "default",
+        "grow_trials": grow_trials or "default",
         "storage": M.storage,
         "mlr_rel_error": err, "lr_rel_error": lr,
         "lrd_rel_error": h.get("lowrank_diag_rel_error"),
@@ -106,6 +113,38 @@ def _quality(kind: str, n: int, rank: int, max_iter: int, tol: float,
     if noise is not None:
         out["noise_rel_norm"] = noise
     return out
+
+
+def _small(n: int, repeats: int) -> None:
+    """Whole ``fit_mlr`` (defaults, one thread) at n x n, rank 10: median seconds of
+    ``repeats`` runs after one warm-up, per stage, with the errors."""
+    from mlr_dask.datasets.matrices import radial_kernel
+    from mlr_dask.datasets.mlr import mlr_plus_noise
+    from mlr_dask.fit import fit_mlr
+
+    mats = {"radial": radial_kernel(n, seed=0),
+            "mlr": mlr_plus_noise(n, n, rank=10, noise=0.1, rng=0)[1]}
+    for kind, A in mats.items():
+        fit_mlr(A, 10, threads=1)  # warm-up (numba compilation, caches)
+        runs = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            c0 = time.process_time()
+            M = fit_mlr(A, 10, threads=1)
+            runs.append((time.perf_counter() - t0, time.process_time() - c0, M))
+        runs.sort(key=lambda x: x[0])
+        wall, cpu, M = runs[len(runs) // 2]
+        h = M.history_
+        res = {"bench": "fit_small", "kind": kind, "n": n, "rank": 10, "wall_s": round(wall, 3),
+               "cpu_s": round(cpu, 3), "all_wall_s": [round(x[0], 3) for x in runs],
+               "rel_error": h["rel_error"][-1], "lr_rel_error": h.get("lowrank_rel_error"),
+               "lrd_rel_error": h.get("lowrank_diag_rel_error"), "init": h.get("init"),
+               "starts": h.get("starts"),
+               "seconds": {k: round(v, 3) for k, v in h["seconds"].items()}}
+        print(json.dumps(res), flush=True)
+        print(f"{kind} n={n} r=10: fit_mlr {wall:.3f} s wall ({cpu:.3f} s CPU; median of "
+              f"{repeats}), error {res['rel_error']:.4f} (LR {res['lr_rel_error']:.4f}, LR+D "
+              f"{res['lrd_rel_error']:.4f}), start {res['init']}", flush=True)
 
 
 def _check_pick(kind: str, n: int, rank: int) -> None:
@@ -147,6 +186,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--split-vectors", default=None,
                    help="embedding dimension of the partition's splits, comma-separated for "
                         "several (default: the fit_mlr default)")
+    p.add_argument("--grow-trials", type=int, default=None,
+                   help="levels tried per growth step (default: the fit_mlr default)")
+    p.add_argument("--small", type=int, default=None, metavar="N",
+                   help="instead: time the whole fit_mlr (defaults, one thread) at N x N")
     p.add_argument("--epoch-n", type=int, default=2000)
     p.add_argument("--epoch-levels", type=int, default=12)
     p.add_argument("--epoch-rank", type=int, default=30)
@@ -157,6 +200,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="instead: compare the start init='best' picks on a submatrix with both "
                         "starts run in full (single-threaded)")
     args = p.parse_args(argv)
+    if args.small:
+        _small(args.small, max(3, args.repeats))
+        return 0
     if args.check_pick:
         for case in args.check_pick.split(","):
             kind, n = case.strip().split(":")[:2]
@@ -181,8 +227,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         rank = args.rank if args.rank is not None else (30 if kind == "mlr" else 28)
         for init in inits:
             for k in vecs:
-                _report(_quality(kind, n, rank, args.max_iter, args.tol, init, k, threads),
-                        kind, rank)
+                _report(_quality(kind, n, rank, args.max_iter, args.tol, init, k, threads,
+                                 args.grow_trials), kind, rank)
     return 0
 
 

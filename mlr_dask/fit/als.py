@@ -6,6 +6,13 @@ where ``J_l(i)`` are the columns of the level-``l`` block of ``i``. Rows in the 
 share the design matrix ``M`` (n, r) (level ``l``'s columns hold ``C_l`` on ``J_l`` and zeros
 elsewhere), so each finest block is one exact least-squares solve with many right-hand sides.
 Then the roles swap. Each half step is an exact block minimization: the loss never increases.
+
+:func:`als_half_step` solves the normal equations of each finest block with the block structure
+of ``M`` (level ``l``'s columns are nonzero only on the columns of its block, nested ranges):
+the right-hand sides cost one product per level over the level's diagonal blocks and the
+(r, r) Gram matrix ``M^T M`` is built from the factor rows of the finer range of each pair of
+levels. :func:`als_half_step_lstsq` is the dense reference (one ``lstsq`` with the full (n, r)
+design per finest block).
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ import numpy as np
 
 from mlr_dask.fit.bcd import BCDState, add_lowrank
 
-__all__ = ["als_half_step", "run_als"]
+__all__ = ["als_half_step", "als_half_step_lstsq", "run_als"]
 
 
 def _design(F: Sequence[np.ndarray], bounds: Sequence[np.ndarray], anc: np.ndarray,
@@ -38,10 +45,11 @@ def _ancestors(bounds: Sequence[np.ndarray]) -> np.ndarray:
     return np.stack([np.searchsorted(b, starts, side="right") - 1 for b in bounds], axis=1)
 
 
-def als_half_step(Ap: np.ndarray, rb: Sequence[np.ndarray], cb: Sequence[np.ndarray],
-                  C: Sequence[np.ndarray], ranks: Sequence[int]) -> list[np.ndarray]:
-    """Exact least-squares row factors ``B_l`` (m, r_l) for fixed column factors ``C_l``
-    (n, r_l); ``Ap`` (m, n) in hierarchy order. Minimum-norm solutions when rank deficient."""
+def als_half_step_lstsq(Ap: np.ndarray, rb: Sequence[np.ndarray], cb: Sequence[np.ndarray],
+                        C: Sequence[np.ndarray], ranks: Sequence[int]) -> list[np.ndarray]:
+    """Dense reference of :func:`als_half_step`: one ``lstsq`` with the full (n, r) design per
+    finest block. Minimum-norm solutions when rank deficient. Cost O(n r^2 + n r rows) per
+    finest block."""
     m, n = Ap.shape
     used = [lvl for lvl, r in enumerate(ranks) if r > 0]
     last = used[-1] if used else 0  # rows of one block of the finest used level share M
@@ -58,35 +66,97 @@ def als_half_step(Ap: np.ndarray, rb: Sequence[np.ndarray], cb: Sequence[np.ndar
     return Bs
 
 
+def _psd_solve(G: np.ndarray, H: np.ndarray) -> np.ndarray:
+    """Minimum-norm ``X`` (r, k) with ``G X = H`` for a symmetric PSD ``G`` (r, r): eigenvalues
+    below ``r * eps * max`` count as zero."""
+    w, V = np.linalg.eigh(G)
+    top = float(w[-1]) if w.size else 0.0
+    if top <= 0.0:
+        return np.zeros_like(H)
+    keep = w > top * max(G.shape[0], 16) * np.finfo(np.float64).eps
+    Vk = V[:, keep]
+    return Vk @ ((Vk.T @ H) / w[keep, None])
+
+
+def als_half_step(Ap: np.ndarray, rb: Sequence[np.ndarray], cb: Sequence[np.ndarray],
+                  C: Sequence[np.ndarray], ranks: Sequence[int]) -> list[np.ndarray]:
+    """Exact least-squares row factors ``B_l`` (m, r_l) for fixed column factors ``C_l``
+    (n, r_l); ``Ap`` (m, n) in hierarchy order. Minimum-norm solutions when rank deficient
+    (up to rounding: normal equations). Cost: ``sum_l r_l`` times the area of level ``l``'s
+    diagonal blocks (the right-hand sides) plus O(r^2 n_l + r^3) per finest block."""
+    m, n = Ap.shape
+    used = [lvl for lvl, r in enumerate(ranks) if r > 0]
+    Bs = [np.zeros((m, r)) for r in ranks]
+    if not used:
+        return Bs
+    last = used[-1]
+    anc = _ancestors(rb[:last + 1])
+    fine = rb[last]
+    sizes = [int(ranks[lvl]) for lvl in used]
+    offs = np.concatenate(([0], np.cumsum(sizes)))
+    r = int(offs[-1])
+    for leaf in range(fine.size - 1):
+        a, b = fine[leaf], fine[leaf + 1]
+        spans = [(int(cb[lvl][anc[leaf, lvl]]), int(cb[lvl][anc[leaf, lvl] + 1])) for lvl in used]
+        H = np.empty((r, b - a))
+        G = np.empty((r, r))
+        for i, li in enumerate(used):
+            c0, c1 = spans[i]
+            H[offs[i]:offs[i + 1]] = C[li][c0:c1].T @ Ap[a:b, c0:c1].T
+            for j in range(i, len(used)):  # level j is finer: its span is inside level i's
+                d0, d1 = spans[j]
+                g = C[li][d0:d1].T @ C[used[j]][d0:d1]
+                G[offs[i]:offs[i + 1], offs[j]:offs[j + 1]] = g
+                G[offs[j]:offs[j + 1], offs[i]:offs[i + 1]] = g.T
+        X = _psd_solve(G, H)  # (r, rows)
+        for i, li in enumerate(used):
+            Bs[li][a:b] = X[offs[i]:offs[i + 1]].T
+    return Bs
+
+
 def run_als(
     Ap: np.ndarray,
     st: BCDState,
     *,
     max_iter: int = 100,
     tol: float = 1e-3,
+    AT: np.ndarray | None = None,
     callback: Callable[[int, float], None] | None = None,
 ) -> list[float]:
     """ALS iterations starting from the factors in ``st`` (non-PSD); ``Ap`` (m, n) is the
-    target in hierarchy order. Updates ``st`` (factors, residual, loss) in place; returns the
-    relative error after each iteration (index 0: the start)."""
-    L = len(st.ranks)
-    AT = np.ascontiguousarray(Ap.T)
+    target in hierarchy order (``AT``: its contiguous transpose, when the caller has it).
+    Updates ``st`` (factors, residual, loss) in place; an iteration that would raise the loss
+    (rounding) is undone and ends the run. Returns the relative error after each iteration
+    (index 0: the start)."""
+    AT = np.ascontiguousarray(Ap.T) if AT is None else AT
     hist = [st.rel_error]
     for it in range(1, max_iter + 1):
         before = st.loss
+        old = (st.B, st.C)
         st.B = als_half_step(Ap, st.rb, st.cb, st.C, st.ranks)
         st.C = als_half_step(AT, st.cb, st.rb, st.B, st.ranks)
-        R = np.array(Ap, dtype=np.float64, copy=True)
-        for lvl in range(L):
-            r0, c0 = st.rb[lvl], st.cb[lvl]
-            for k in range(r0.size - 1):
-                add_lowrank(R[r0[k]:r0[k + 1], c0[k]:c0[k + 1]], st.B[lvl][r0[k]:r0[k + 1]],
-                            st.C[lvl][c0[k]:c0[k + 1]], -1.0)
-        st.R = R
-        st.exact_loss()
+        _residual(Ap, st)
+        if st.loss > before:  # rounding of the normal equations: keep the old factors
+            st.B, st.C = old
+            _residual(Ap, st)
+            hist.append(st.rel_error)
+            break
         hist.append(st.rel_error)
         if callback:
             callback(it, hist[-1])
         if before <= 0 or (before - st.loss) <= tol * before:
             break
     return hist
+
+
+def _residual(Ap: np.ndarray, st: BCDState) -> None:
+    """``st.R = Ap - sum_l A_l`` rebuilt in place (the old array reused), and the loss."""
+    np.copyto(st.R, Ap)
+    for lvl in range(len(st.ranks)):
+        if st.ranks[lvl] == 0:
+            continue
+        r0, c0 = st.rb[lvl], st.cb[lvl]
+        for k in range(r0.size - 1):
+            add_lowrank(st.R[r0[k]:r0[k + 1], c0[k]:c0[k + 1]], st.B[lvl][r0[k]:r0[k + 1]],
+                        st.C[lvl][c0[k]:c0[k + 1]], -1.0)
+    st.exact_loss()

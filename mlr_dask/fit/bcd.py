@@ -78,6 +78,9 @@ class BCDState:
     next_B: list[np.ndarray] = field(default=None)  # type: ignore[assignment]
     next_C: list[np.ndarray] = field(default=None)  # type: ignore[assignment]
     gains: np.ndarray = field(default=None)  # type: ignore[assignment]
+    #: the block batches of each (level, rank) (they depend only on the block sizes; shared
+    #: by copies, which share the hierarchy)
+    plans: dict = field(default_factory=dict)  # type: ignore[type-arg]
 
     def __post_init__(self) -> None:
         L = len(self.ranks)
@@ -94,16 +97,23 @@ class BCDState:
     def rel_error(self) -> float:
         return float(np.sqrt(max(self.loss, 0.0) / self.norm2)) if self.norm2 > 0 else 0.0
 
-    def copy(self) -> BCDState:
-        """Deep copy (the residual is copied: m n numbers)."""
+    def copy(self, out: np.ndarray | None = None) -> BCDState:
+        """Deep copy (the residual is copied: m n numbers). ``out``: an (m, n) float64 array
+        to copy the residual into (reusing it avoids the page faults of a fresh allocation,
+        which cost more than the copy itself at m n ~ 10^7)."""
+        if out is not None and out.shape == self.R.shape and out.dtype == self.R.dtype:
+            np.copyto(out, self.R)
+            R = out
+        else:
+            R = self.R.copy()
         return BCDState(
-            self.R.copy(), self.rb, self.cb, list(self.ranks),
+            R, self.rb, self.cb, list(self.ranks),
             [b.copy() for b in self.B],
             [b.copy() for b in self.B] if self.psd else [c.copy() for c in self.C],
             self.loss, self.norm2, self.psd, self.exact_max, self.q, self.seed,
             self.delta_plus.copy(), self.delta_minus.copy(),
             [x.copy() for x in self.next_B], [x.copy() for x in self.next_C],
-            self.gains.copy(),
+            self.gains.copy(), self.plans,
         )
 
     def exact_loss(self) -> float:
@@ -186,6 +196,72 @@ def _buckets(small: np.ndarray, bm: np.ndarray, bn: np.ndarray) -> list[np.ndarr
     return [small[inv.reshape(-1) == u] for u in range(len(uniq))]
 
 
+#: Cost model of a batch of dense block SVDs (microseconds, one thread): per batch, and per
+#: padded (BM, BN) block. Only the ratio matters: it decides when padding is cheaper than one
+#: more batch.
+_BATCH_US = 60.0
+
+
+def _block_us(BM: int, BN: int) -> float:
+    return 2.0 + 0.05 * BM * BN + 0.003 * BM * BN * min(BM, BN)
+
+
+#: Batches are merged only while their padded sides stay at most this (dense SVDs).
+MERGE_MAX = 64
+
+
+def merge_buckets(groups: list[np.ndarray], bm: np.ndarray, bn: np.ndarray
+                  ) -> list[np.ndarray]:
+    """Merge the batches ``groups`` (block indices) of small blocks greedily while the cost
+    model says one padded batch is cheaper than two (:data:`_BATCH_US` per batch against
+    the padding); batches with a side above :data:`MERGE_MAX` stay as they are. O(g^3) for g
+    batches; the result is cached per level (:func:`fit_level`)."""
+    items = [[g, int(bm[g].max()), int(bn[g].max())] for g in groups]
+    keep = [it for it in items if max(it[1], it[2]) > MERGE_MAX]
+    items = [it for it in items if max(it[1], it[2]) <= MERGE_MAX]
+    while len(items) > 1:
+        best = (0.0, -1, -1)
+        for i in range(len(items)):
+            gi, mi, ni = items[i]
+            ci = gi.size * _block_us(mi, ni)
+            for j in range(i + 1, len(items)):
+                gj, mj, nj = items[j]
+                M, N = max(mi, mj), max(ni, nj)
+                delta = ((gi.size + gj.size) * _block_us(M, N) - ci
+                         - gj.size * _block_us(mj, nj) - _BATCH_US)
+                if delta < best[0]:
+                    best = (delta, i, j)
+        if best[1] < 0:
+            break
+        _, i, j = best
+        gi, mi, ni = items[i]
+        gj, mj, nj = items.pop(j)
+        items[i] = [np.sort(np.concatenate([gi, gj])), max(mi, mj), max(ni, nj)]
+    return [it[0] for it in items + keep]
+
+
+def _plan(st: BCDState, lvl: int, r: int, exact_max: int
+          ) -> tuple[list[np.ndarray], np.ndarray]:
+    """The padded batches of small blocks and the big blocks of level ``lvl`` at rank ``r``
+    (cached on the state)."""
+    key = (lvl, r, exact_max, int(st.rb[lvl].size), int(st.cb[lvl].size))
+    got = st.plans.get(key)
+    if got is not None and got[2] is st.rb[lvl] and got[3] is st.cb[lvl]:
+        return got[0], got[1]
+    bm, bn = np.diff(st.rb[lvl]), np.diff(st.cb[lvl])
+    k = r + 1
+    big_mask = (bm * bn > BIG) & (np.minimum(bm, bn) > max(exact_max, 4 * (k + 10)))
+    big = np.flatnonzero(big_mask)
+    small = np.flatnonzero(~big_mask)
+    groups = _buckets(small, bm, bn)
+    dense = max(exact_max, 3 * (k + 10))
+    fine = [g for g in groups if min(bm[g].max(), bn[g].max()) <= dense]
+    rest = [g for g in groups if min(bm[g].max(), bn[g].max()) > dense]
+    batches = merge_buckets(fine, bm, bn) + rest
+    st.plans[key] = (batches, big, st.rb[lvl], st.cb[lvl])
+    return batches, big
+
+
 def fit_level(st: BCDState, lvl: int, cold: bool = False) -> None:
     """Refit level ``lvl`` exactly (per block truncated SVD of the residual with the level added
     back); updates the residual, the factors, the loss and the side outputs in place.
@@ -206,10 +282,8 @@ def fit_level(st: BCDState, lvl: int, cold: bool = False) -> None:
     exact_max = st.exact_max if bm.size >= 4 else max(st.exact_max, EXACT_MAX_FEW)
     # blocks of more than BIG entries are fitted one by one (in place, by strips); smaller
     # ones in padded batches (exact SVD up to exact_max, randomized above)
-    big_mask = (bm * bn > BIG) & (np.minimum(bm, bn) > max(exact_max, 4 * (k + 10)))
-    big = np.flatnonzero(big_mask)
-    small = np.flatnonzero(~big_mask)
-    for idx in _buckets(small, bm, bn):
+    batches, big = _plan(st, lvl, r, exact_max)
+    for idx in batches:
         BM, BN = int(bm[idx].max()), int(bn[idx].max())
         G = gather_blocks(st.R, rb, cb, idx, BM, BN)
         old2 = _sq(G)

@@ -32,6 +32,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numba
 import numpy as np
 import scipy.sparse.linalg as spla
 
@@ -40,6 +41,8 @@ from mlr_dask.fit.bcd import EXACT_MAX, BCDState, epoch_order, init_state, sweep
 from mlr_dask.hierarchy import Hierarchy
 
 __all__ = [
+    "permute_into",
+    "permute_into_numpy",
     "split_block",
     "spectral_partition",
     "atom_counts",
@@ -315,6 +318,30 @@ def split_block(
     return ordr, cr, ordc, cc
 
 
+@numba.njit(nogil=True, cache=False)
+def _permute_into(A, rows, cols, out):  # pragma: no cover - compiled
+    for i in range(rows.size):
+        src = A[rows[i]]
+        for j in range(cols.size):
+            out[i, j] = src[cols[j]]
+
+
+def permute_into(A: np.ndarray, rows: np.ndarray, cols: np.ndarray, out: np.ndarray
+                 ) -> np.ndarray:
+    """``out[:] = A[rows][:, cols]`` for ``A`` (m, n), ``rows`` (m,), ``cols`` (n,) into an
+    existing ``out`` (m, n) (not ``A``): one pass, no temporary (a fancy-indexed copy of a
+    large matrix costs mostly page faults of two fresh arrays). Returns ``out``."""
+    _permute_into(A, np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64), out)
+    return out
+
+
+def permute_into_numpy(A: np.ndarray, rows: np.ndarray, cols: np.ndarray, out: np.ndarray
+                       ) -> np.ndarray:
+    """Plain-numpy twin of :func:`permute_into`."""
+    out[:] = A[rows][:, cols]
+    return out
+
+
 def atom_counts(rows: Hierarchy, cols: Hierarchy) -> np.ndarray:
     """Parts per finest block for a last level of atoms: ``min(rows, cols)`` of each block, so
     the shorter side becomes single items (``min(m, n)`` atoms)."""
@@ -377,6 +404,8 @@ def spectral_partition(
     rb = [np.array([0, m])]
     cb = [np.array([0, n])]
     A = np.array(Ap, dtype=np.float64, order="C")
+    spare: np.ndarray | None = None  # the other buffer of the permutations
+    Rbuf: np.ndarray | None = None  # the residual of the intermediate fits, reused
     B: list[np.ndarray] | None = None
     C: list[np.ndarray] | None = None
     n_split = n_levels - 1 - (1 if atoms else 0)
@@ -387,7 +416,11 @@ def spectral_partition(
             B = _resize(B, rk, m)
             C = B if psd else _resize(C, rk, n)
         if any(rk):
-            st = init_state(A, rb, cb, rk, psd=psd, B=B, C=C, exact_max=exact_max, seed=seed)
+            if Rbuf is None:
+                Rbuf = np.empty_like(A)
+            np.copyto(Rbuf, A)
+            st = init_state(Rbuf, rb, cb, rk, psd=psd, B=B, C=C, exact_max=exact_max,
+                            seed=seed, copy=False)
             sweep(st, range(lvl) if B is None else epoch_order(lvl))
             for _ in range(epochs - 1):
                 sweep(st, epoch_order(lvl))
@@ -410,7 +443,9 @@ def spectral_partition(
             ordc[c0:c1] = c0 + o_c
             new_rb += [r0 + cr, r1]
             new_cb += [c0 + cc, c1]
-        A = A[ordr][:, ordc]
+        if spare is None:
+            spare = np.empty_like(A)
+        A, spare = permute_into(A, ordr, ordc, spare), A
         pr, pc = pr[ordr], pc[ordc]
         if st is not None:
             B = [b[ordr] for b in st.B]

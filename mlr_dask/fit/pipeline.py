@@ -4,7 +4,8 @@
 from the atoms for ``init="bottom"``, then exchange ranks between levels) -> ``fit`` (BCD or
 ALS until it stops paying) -> ``compare`` (the result against low rank and low rank plus
 diagonal at the same storage; the best is returned). ``init="best"`` picks its start by
-running both starts on a random principal submatrix first (:func:`pick_start`).
+running both starts on a random principal submatrix first (:func:`pick_start`); a matrix too
+small for that runs both starts through allocation and only the better one to the end.
 
 Every stage reads and writes the plan; :func:`run` chains them under the thread limits.
 Memory: about three m x n float64 arrays (input, residual, one trial copy per thread).
@@ -310,12 +311,13 @@ def fit(plan: Plan) -> None:
         done = before <= 0 or (before - st.loss) <= fo.tol * before
         if not done:
             Ap = _rebuild(st)
+            AT = np.ascontiguousarray(Ap.T)
             limit = fo.als_cost_limit * bcd_s if fo.method == "auto" else None
             done = True
             while it < fo.max_iter:
                 before = st.loss
                 t1 = time.perf_counter()
-                run_als(Ap, st, max_iter=1, tol=0.0)
+                run_als(Ap, st, max_iter=1, tol=0.0, AT=AT)
                 it += 1
                 hist.append(st.rel_error)
                 plan.report("epoch", it, fo.max_iter, epoch=it, rel_error=st.rel_error)
@@ -326,7 +328,7 @@ def fit(plan: Plan) -> None:
                                  f"{fo.als_cost_limit:g} BCD epochs: continued with BCD")
                     method, done = "bcd", False
                     break
-            del Ap
+            del Ap, AT
     if not done and it < fo.max_iter:
         start = it
 
@@ -431,7 +433,8 @@ def pick_start(A: np.ndarray, rank: int, opts: Options, levels: int | None
     most a quarter of the submatrix; growth by 3 ranks per step, a short exchange and a short
     final fit) and return the start of lower
     error, the error of each, and the seconds spent. On small matrices (a side of the
-    submatrix below 128) returns ``("", ...)``: the caller runs both starts in full. Cost:
+    submatrix below 128) returns ``("", ...)``: the caller races the starts (partition and
+allocation of both, the final fit of the better one). Cost:
     about 1/16 of one start for the dense stages."""
     t0 = time.perf_counter()
     m, n = A.shape
@@ -506,26 +509,8 @@ def run(A: np.ndarray, rank: int, opts: Options, report: Reporter, *,
         elif init == "best":
             picked, starts, t_pick = pick_start(A, rank, opts, levels)
             seconds["pick_start"] = t_pick
-            if not picked:  # small matrix: both starts in full, the better kept
-                best = None
-                starts = {}
-                for cand in BEST_INITS:
-                    o = replace(opts, partition=replace(opts.partition, init=cand),
-                                baselines=False)
-                    M = run(A, rank, o, report, levels=levels)
-                    starts[cand] = float(M.history_["rel_error"][-1])
-                    for k, v in M.history_["seconds"].items():
-                        if k != "total":
-                            seconds[k] = seconds.get(k, 0.0) + v
-                    if best is None or starts[cand] < best.history_["rel_error"][-1]:
-                        best = M
-                assert best is not None
-                plan = Plan(None, rank, opts, report, history=dict(best.history_))
-                plan.history["starts"] = starts
-                plan.history["seconds"] = seconds
-                out = compare(plan, best, A, base)
-                seconds["total"] = time.perf_counter() - t_start
-                return out
+            if not picked:  # small matrix: race both starts up to the final fit
+                return _race(A, rank, opts, report, L, base, seconds, t_start)
             init = picked
         plan = Plan(A, rank, opts, report, rows=rows, cols=cols, ranks=ranks, levels=L,
                     init=init, seconds=seconds)
@@ -536,18 +521,54 @@ def run(A: np.ndarray, rank: int, opts: Options, report: Reporter, *,
             plan.history["rank_moves"] = []
             plan.seconds["rank_allocation"] = 0.0
         fit(plan)
-        st = plan.state
-        assert st is not None and plan.rows is not None and plan.cols is not None
-        M = _result(st, plan.rows, plan.cols)
-        plan.history["ranks"] = list(st.ranks)
-        plan.history["rel_error_final"] = st.rel_error
-        plan.history["init"] = init
-        if starts is not None:
-            plan.history["starts"] = starts
-        plan.history["seconds"] = plan.seconds
-        out = compare(plan, M, None, base)
-        plan.seconds["total"] = time.perf_counter() - t_start
-        return out
+        return _finish(plan, init, starts, base, t_start)
+
+
+def _race(A: np.ndarray, rank: int, opts: Options, report: Reporter, L: int,
+          base: tuple[MLRMatrix, float, MLRMatrix | None, float] | None,
+          seconds: dict[str, float], t_start: float) -> MLRMatrix:
+    """``init="best"`` on a matrix too small for :func:`pick_start`: both starts of
+    :data:`BEST_INITS` run partition and allocation, and only the one of lower error goes on
+    to the final fit (at small sizes the final fit is the long stage). ``history_["starts"]``:
+    the error each start reached (the loser's after its allocation, the winner's at the end).
+    Cost: one start plus the loser's partition and allocation."""
+    plans: dict[str, Plan] = {}
+    for cand in BEST_INITS:
+        o = replace(opts, partition=replace(opts.partition, init=cand), baselines=False)
+        plan = Plan(A, rank, o, report, levels=L, init=cand, seconds={})
+        partition(plan)
+        allocate(plan)
+        plans[cand] = plan
+        for k, v in plan.seconds.items():
+            seconds[k] = seconds.get(k, 0.0) + v
+    starts = {k: p.state.rel_error for k, p in plans.items()}  # type: ignore[union-attr]
+    init = min(BEST_INITS, key=lambda k: starts[k])
+    plan = plans[init]
+    for k in plans:
+        if k != init:
+            plans[k].state = None  # free the loser's residual
+    plan.seconds = seconds
+    fit(plan)
+    starts[init] = plan.state.rel_error  # type: ignore[union-attr]
+    return _finish(plan, init, starts, base, t_start)
+
+
+def _finish(plan: Plan, init: str | None, starts: dict[str, float] | None,
+            base: tuple[MLRMatrix, float, MLRMatrix | None, float] | None,
+            t_start: float) -> MLRMatrix:
+    """The result of a fitted plan, compared with the baselines (:func:`compare`)."""
+    st = plan.state
+    assert st is not None and plan.rows is not None and plan.cols is not None
+    M = _result(st, plan.rows, plan.cols)
+    plan.history["ranks"] = list(st.ranks)
+    plan.history["rel_error_final"] = st.rel_error
+    plan.history["init"] = init
+    if starts is not None:
+        plan.history["starts"] = starts
+    plan.history["seconds"] = plan.seconds
+    out = compare(plan, M, None, base)
+    plan.seconds["total"] = time.perf_counter() - t_start
+    return out
 
 
 def _default_levels(m: int, n: int) -> int:

@@ -1,23 +1,18 @@
-"""Rank allocation with a fixed hierarchy and a fixed total rank: greedy exchange (``mlr.md`` 3).
+"""Rank allocation with a fixed hierarchy: growth up to a total rank and exchange at a fixed
+total (``mlr.md`` 3).
 
-The last BCD sweep predicts the change of the squared error when one rank moves from level
-``j`` to level ``i``: ``delta_minus[j] - delta_plus[i]``. The best few moves are tried, each on
-a copy of the state with a short warm-started BCD (the new column of ``i`` from the stored
-``(r_i+1)``-th singular pair, the weakest column of ``j`` dropped); the first trial (in predicted
-order) whose loss is below both the current loss and a control trial (the same epochs without a
-move, so that the gain of the extra epochs is not credited to the move; ``control=False``
-drops it) is accepted; the move just made is not undone at the next step. The trials of one
-step are independent and run in parallel threads (numpy, LAPACK and the numba kernels release
-the GIL). Stops when no trial improves, the relative improvement is below ``eps``, or after
-``max_steps`` moves.
+The last BCD sweep leaves per level the predicted loss decrease of one more rank
+(``delta_plus``, ``gains``) and the increase of one less (``delta_minus``), and the next
+singular pair of every block (the warm start of an added rank, :func:`move_rank`).
 
-:func:`grow_ranks` builds an allocation up to a total rank from a smaller one: one rank at a
-time to the level whose trial (added column + a short warm-started BCD) ends with the lowest
-loss among the levels of largest ``delta_plus``.
+- :func:`grow_by_gains`: one rank per step to the level of largest predicted gain, then one
+  BCD epoch; optionally a few candidate levels tried on copies when their predicted gains are
+  close.
+- :func:`exchange_ranks`: moves ``j -> i`` at a fixed total, each tried on a copy with only the
+  two levels refitted; the best is accepted when it pays.
 
-The pipeline (:mod:`mlr_dask.fit.pipeline`) uses the cheaper pair :func:`grow_by_gains` (one
-rank per step to the level of largest predicted gain, then one BCD epoch; no trials) and
-:func:`exchange_ranks` (trials that refit only the two levels of a move, not a whole epoch).
+Trials of one step are independent and run in parallel threads (numpy, LAPACK and the numba
+kernels release the GIL); their residual copies reuse a small pool of buffers.
 """
 
 from __future__ import annotations
@@ -31,8 +26,12 @@ import numpy as np
 
 from mlr_dask.fit.bcd import BCDState, add_lowrank, epoch_order, fit_level, sweep
 
-__all__ = ["rank_caps", "move_rank", "allocate_ranks", "grow_ranks", "grow_by_gains",
-           "exchange_ranks", "pick_by_gains"]
+__all__ = ["rank_caps", "move_rank", "grow_by_gains", "exchange_ranks", "pick_by_gains",
+           "TRIAL_RATIO"]
+
+#: Growth trials: a candidate level is tried only when its predicted gain is at least this
+#: fraction of the best one (a clear winner needs no trial).
+TRIAL_RATIO = 0.5
 
 
 def rank_caps(rb: Sequence[np.ndarray], cb: Sequence[np.ndarray]) -> list[int]:
@@ -98,141 +97,6 @@ def _exchange_candidates(
     return [(j, i) for _, j, i in cand]
 
 
-def allocate_ranks(
-    st: BCDState,
-    *,
-    n_trials: int = 3,
-    trial_epochs: int = 1,
-    eps: float = 1e-3,
-    max_steps: int = 200,
-    n_jobs: int = 2,
-    control: bool = True,
-    callback: Callable[[dict[str, Any]], None] | None = None,
-) -> tuple[BCDState, list[dict[str, Any]]]:
-    """Greedy rank exchange starting from ``st`` (whose side outputs must come from a recent
-    sweep over all levels). Returns the final state (never worse than ``st``) and the list of
-    accepted moves ``{"step", "src", "dst", "rel_error", "ranks"}``.
-
-    Memory: each running trial holds a copy of the residual (m n numbers), ``min(n_jobs,
-    n_trials)`` at a time.
-    """
-    L = len(st.ranks)
-    caps = rank_caps(st.rb, st.cb)
-    moves: list[dict[str, Any]] = []
-    if L < 2:
-        return st, moves
-    order = epoch_order(L)
-
-    def trial(pair: tuple[int, int] | None) -> BCDState:
-        t = st_ref[0].copy()
-        if pair is not None:
-            move_rank(t, pair[0], pair[1])
-        for _ in range(trial_epochs):
-            sweep(t, order)
-        t.exact_loss()
-        return t
-
-    st_ref = [st]
-    last: tuple[int, int] | None = None
-    with _blas_single_thread(n_jobs > 1), ThreadPoolExecutor(max_workers=max(1, n_jobs)) as pool:
-        for step in range(max_steps):
-            cur = st_ref[0]
-            cand = _exchange_candidates(cur, caps, cur.delta_plus)
-            if not cand:
-                break
-            pairs: list[tuple[int, int] | None] = list(cand[:n_trials + 1])
-            if last is not None:  # no immediate undo of the previous move
-                pairs = [p for p in pairs if p != (last[1], last[0])] or pairs
-            pairs = pairs[:n_trials]
-            if control:
-                pairs.append(None)  # control: the same epochs without a move
-            results = list(pool.map(trial, pairs)) if n_jobs > 1 else [trial(p) for p in pairs]
-            ctrl = results.pop() if control else cur
-            if control:
-                pairs.pop()
-            bar = min(cur.loss, ctrl.loss)
-            accepted = None
-            for p, t in zip(pairs, results, strict=True):
-                if t.loss < bar:
-                    accepted = (p, t)
-                    break
-            if accepted is None:
-                if ctrl.loss < cur.loss:  # keep the extra epochs of the control
-                    st_ref[0] = ctrl
-                break
-            (j, i), t = accepted
-            last = (j, i)
-            improvement = (cur.loss - t.loss) / cur.loss if cur.loss > 0 else 0.0
-            st_ref[0] = t
-            info = {"step": step, "src": j, "dst": i, "rel_error": t.rel_error,
-                    "ranks": list(t.ranks)}
-            moves.append(info)
-            if callback:
-                callback(info)
-            if improvement < eps:
-                break
-    return st_ref[0], moves
-
-
-def grow_ranks(
-    st: BCDState,
-    total: int,
-    *,
-    n_trials: int = 3,
-    trial_epochs: int = 1,
-    n_jobs: int = 2,
-    callback: Callable[[dict[str, Any]], None] | None = None,
-) -> tuple[BCDState, list[dict[str, Any]]]:
-    """Greedy growth of the rank allocation up to ``total``: one rank at a time to the level
-    with the largest predicted gain ``delta_plus`` (side outputs of the last sweep over all
-    levels, levels of rank 0 included), among the levels below their cap; each step tries the
-    ``n_trials`` best levels, each on a copy with ``trial_epochs`` warm-started BCD epochs,
-    and keeps the trial with the lowest loss (every trial lowers the loss: the added column is
-    the next singular pair and BCD is monotone). Learned pipeline, r = 28, hierarchy from
-    single-vector splits: 3 trials gave final errors 0.053 (radial n = 2000) and 0.171 (DGT
-    2000 x 2800) against 0.058 and 0.178 with 1 trial; 6 trials or 2 epochs per trial did not
-    do better. Returns the final state and the steps
-    ``{"step", "src": None, "dst", "rel_error", "ranks"}``.
-
-    Memory: each running trial holds a copy of the residual (m n numbers).
-    """
-    L = len(st.ranks)
-    caps = rank_caps(st.rb, st.cb)
-    order = epoch_order(L)
-    steps: list[dict[str, Any]] = []
-
-    def trial(dst: int) -> BCDState:
-        t = st_ref[0].copy() if n_trials > 1 else st_ref[0]
-        move_rank(t, None, dst)
-        for _ in range(trial_epochs):
-            sweep(t, order)
-        t.exact_loss()
-        return t
-
-    st_ref = [st]
-    n_jobs = max(1, min(n_jobs, n_trials))
-    with _blas_single_thread(n_jobs > 1), ThreadPoolExecutor(max_workers=n_jobs) as pool:
-        step = 0
-        while sum(st_ref[0].ranks) < total:
-            cur = st_ref[0]
-            cand = sorted((-float(cur.delta_plus[i]), i) for i in range(L)
-                          if cur.ranks[i] < caps[i])
-            if not cand:
-                break
-            dsts = [i for _, i in cand[:n_trials]]
-            results = list(pool.map(trial, dsts)) if n_jobs > 1 else [trial(d) for d in dsts]
-            best = min(range(len(dsts)), key=lambda q: results[q].loss)
-            t = results[best]
-            st_ref[0] = t
-            info = {"step": step, "src": None, "dst": dsts[best], "rel_error": t.rel_error,
-                    "ranks": list(t.ranks)}
-            steps.append(info)
-            if callback:
-                callback(info)
-            step += 1
-    return st_ref[0], steps
-
-
 def _pad_level(st: BCDState, lvl: int, extra: int) -> None:
     """Add ``extra`` zero columns to the factors of level ``lvl`` (the fit fills them)."""
     st.B[lvl] = np.ascontiguousarray(np.pad(st.B[lvl], ((0, 0), (0, extra))))
@@ -268,6 +132,23 @@ def pick_by_gains(gains: np.ndarray, ranks: Sequence[int], caps: Sequence[int],
     return add
 
 
+class _Buffers:
+    """Spare (m, n) residual arrays for trial copies (:meth:`BCDState.copy` ``out``). Only
+    arrays of states made here are recycled, never the caller's."""
+
+    def __init__(self, keep: BCDState) -> None:
+        self.keep = keep
+        self.spare: list[np.ndarray] = []
+
+    def take(self, count: int) -> list[np.ndarray | None]:
+        return [self.spare.pop() if self.spare else None for _ in range(count)]
+
+    def give(self, *states: BCDState) -> None:
+        for t in states:
+            if t is not self.keep and not any(t.R is x for x in self.spare):
+                self.spare.append(t.R)
+
+
 def grow_by_gains(
     st: BCDState,
     total: int,
@@ -276,6 +157,7 @@ def grow_by_gains(
     max_steps: int | None = None,
     n_trials: int = 1,
     threads: int = 1,
+    trial_ratio: float = TRIAL_RATIO,
     callback: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[BCDState, list[dict[str, Any]]]:
     """Grow the allocation of ``st`` (side outputs from a recent sweep) up to ``total``: each
@@ -285,31 +167,35 @@ def grow_by_gains(
     ranks at a time matters: BCD started from zero factors with the final ranks stalls far
     above the error that this continuation reaches. With ``max_steps``, the last step adds
     all that is left (by the gain curves ``st.gains``, several ranks per level). Cost per
-    step: about one BCD epoch. ``n_trials`` > 1 (with ``per_step=1``): each step tries the
-    ``n_trials`` levels of largest ``delta_plus``, each on a copy with its epoch
-    (``threads`` at a time, one BLAS thread each), and keeps the lowest loss. Returns the
-    state and the steps ``{"step", "src": None, "dst": [levels], "rel_error", "ranks"}``."""
+    step: about one BCD epoch. ``n_trials`` > 1 (with ``per_step=1``): a step whose best
+    levels are close (predicted gain at least ``trial_ratio`` of the best, up to ``n_trials``
+    levels) tries each on a copy with its epoch (``threads`` at a time, one BLAS thread each)
+    and keeps the lowest loss; a clear winner is taken without trials. ``st`` is updated in
+    place or replaced. Returns the state and the steps ``{"step", "src": None, "dst":
+    [levels], "rel_error", "ranks", "trials"}``."""
     L = len(st.ranks)
     caps = rank_caps(st.rb, st.cb)
     order = epoch_order(L)
     steps: list[dict[str, Any]] = []
     n_workers = max(1, min(threads, n_trials))
+    bufs = _Buffers(st)
 
-    def trial(base: BCDState, lvl: int) -> BCDState:
-        t = base.copy()
+    def trial(base: BCDState, lvl: int, out: np.ndarray | None) -> BCDState:
+        t = base.copy(out=out)
         move_rank(t, None, lvl)
         sweep(t, order)
         t.exact_loss()
         return t
 
     step = 0
-    with _blas_single_thread(n_workers > 1), ThreadPoolExecutor(max_workers=n_workers) as pool:
+    with ThreadPoolExecutor(max_workers=n_workers) as pool:
         while sum(st.ranks) < total:
             deficit = total - sum(st.ranks)
             cand = sorted((-float(st.delta_plus[i]), i) for i in range(L)
                           if st.ranks[i] < caps[i])
             if not cand:
                 break
+            tried = 1
             if max_steps is not None and step >= max_steps - 1:
                 add = pick_by_gains(st.gains, st.ranks, caps, deficit)
                 if not add.any():
@@ -321,21 +207,26 @@ def grow_by_gains(
                 dst = [int(x) for x in np.flatnonzero(add)]
                 sweep(st, order)
                 st.exact_loss()
-            elif n_trials > 1 and per_step == 1 and len(cand) > 1:
-                lvls = [i for _, i in cand[:n_trials]]
-                bases = [st] * len(lvls)
-                results = (list(pool.map(trial, bases, lvls)) if n_workers > 1
-                           else [trial(b, i) for b, i in zip(bases, lvls, strict=True)])
-                q = min(range(len(lvls)), key=lambda x: results[x].loss)
-                st, dst = results[q], [lvls[q]]
             else:
-                dst = [i for _, i in cand[:min(per_step, deficit)]]
-                for lvl in dst:
-                    move_rank(st, None, lvl)
-                sweep(st, order)
-                st.exact_loss()
+                lvls = [i for g, i in cand[:n_trials if per_step == 1 else 1]
+                        if -g >= trial_ratio * -cand[0][0]]
+                if len(lvls) > 1:
+                    outs = bufs.take(len(lvls))
+                    bases = [st] * len(lvls)
+                    with _blas_single_thread(n_workers > 1):
+                        results = (list(pool.map(trial, bases, lvls, outs)) if n_workers > 1
+                                   else [trial(*a) for a in zip(bases, lvls, outs, strict=True)])
+                    q = min(range(len(lvls)), key=lambda x: results[x].loss)
+                    bufs.give(st, *(t for x, t in enumerate(results) if x != q))
+                    st, dst, tried = results[q], [lvls[q]], len(lvls)
+                else:
+                    dst = [i for _, i in cand[:min(per_step, deficit)]]
+                    for lvl in dst:
+                        move_rank(st, None, lvl)
+                    sweep(st, order)
+                    st.exact_loss()
             info = {"step": step, "src": None, "dst": dst, "rel_error": st.rel_error,
-                    "ranks": list(st.ranks)}
+                    "ranks": list(st.ranks), "trials": tried}
             steps.append(info)
             if callback:
                 callback(info)
@@ -370,9 +261,10 @@ def exchange_ranks(
     cur = st
     last: tuple[int, int] | None = None
     fresh = True
+    bufs = _Buffers(st)
 
-    def trial(pair: tuple[int, int]) -> BCDState:
-        t = cur.copy()
+    def trial(pair: tuple[int, int], out: np.ndarray | None) -> BCDState:
+        t = cur.copy(out=out)
         move_rank(t, pair[0], pair[1])
         for lvl in sorted(set(pair)):
             fit_level(t, lvl)
@@ -380,17 +272,20 @@ def exchange_ranks(
         return t
 
     n_workers = max(1, min(threads, n_trials))
-    with _blas_single_thread(n_workers > 1), ThreadPoolExecutor(max_workers=n_workers) as pool:
+    with ThreadPoolExecutor(max_workers=n_workers) as pool:
         for step in range(max_steps):
             undo = None if last is None else (last[1], last[0])
             pairs = _exchange_candidates(cur, caps, cur.gains[:, 0], skip=undo)[:n_trials]
             if not pairs:
                 break
-            results = (list(pool.map(trial, pairs)) if n_workers > 1
-                       else [trial(p) for p in pairs])
+            outs = bufs.take(len(pairs))
+            with _blas_single_thread(n_workers > 1):
+                results = (list(pool.map(trial, pairs, outs)) if n_workers > 1
+                           else [trial(p, o) for p, o in zip(pairs, outs, strict=True)])
             q = min(range(len(pairs)), key=lambda x: results[x].loss)
             t = results[q]
             if t.loss < cur.loss * (1.0 - eps):
+                bufs.give(cur, *(r for x, r in enumerate(results) if x != q))
                 cur, last, fresh = t, pairs[q], False
                 info = {"step": step, "src": pairs[q][0], "dst": pairs[q][1],
                         "rel_error": t.rel_error, "ranks": list(t.ranks)}
@@ -398,6 +293,7 @@ def exchange_ranks(
                 if callback:
                     callback(info)
                 continue
+            bufs.give(*results)
             if fresh:
                 break
             sweep(cur, order)  # refresh the side outputs, then one more try

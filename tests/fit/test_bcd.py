@@ -160,3 +160,35 @@ def test_refitting_the_level_just_fitted_changes_nothing(rng):
     fit_level(st, 0)
     assert st.loss == pytest.approx(before, rel=1e-10)
     np.testing.assert_allclose(st.B[0] @ st.C[0].T, B0, atol=1e-10)
+
+
+def test_merged_batches_match_a_per_block_dense_svd(rng):
+    """Uneven small blocks fall into few padded batches; the level fit still equals the
+    truncated SVD of every block, and the predicted gains its next singular values."""
+    from mlr_dask.fit.bcd import _buckets, _plan, merge_buckets
+
+    m, n, r = 150, 130, 2
+    rb = np.concatenate(([0], np.sort(rng.choice(np.arange(1, m), 24, replace=False)), [m]))
+    cb = np.concatenate(([0], np.sort(rng.choice(np.arange(1, n), 24, replace=False)), [n]))
+    bm, bn = np.diff(rb), np.diff(cb)
+    caps = np.minimum(bm, bn)
+    Ap = rng.standard_normal((m, n))
+    st = init_state(Ap, [np.array([0, m]), rb], [np.array([0, n]), cb], [0, r])
+    fine = _buckets(np.arange(bm.size), bm, bn)
+    merged = merge_buckets(fine, bm, bn)
+    assert len(merged) < len(fine)
+    assert np.array_equal(np.sort(np.concatenate(merged)), np.arange(bm.size))
+    batches, big = _plan(st, 1, r, st.exact_max)
+    assert big.size == 0 and len(batches) == len(merged)
+    fit_level(st, 1)
+    dplus = 0.0
+    for k in range(bm.size):
+        blk = Ap[rb[k]:rb[k + 1], cb[k]:cb[k + 1]]
+        U, s, Vt = np.linalg.svd(blk, full_matrices=False)
+        kk = min(r, caps[k])
+        best = (U[:, :kk] * s[:kk]) @ Vt[:kk]
+        got = st.B[1][rb[k]:rb[k + 1]] @ st.C[1][cb[k]:cb[k + 1]].T
+        np.testing.assert_allclose(got, best, atol=1e-10)
+        dplus += s[r] ** 2 if s.size > r else 0.0
+    np.testing.assert_allclose(st.delta_plus[1], dplus, rtol=1e-10)
+    np.testing.assert_allclose(st.loss, np.sum(st.R**2), rtol=1e-10)

@@ -171,3 +171,14 @@ def test_symmetric_split_keeps_rows_and_columns_together(rng):
     o_r, cr, o_c, cc = split_block(A, symmetric=True, refine=False, n_vectors=4)
     assert np.array_equal(o_r, o_c) and cr == cc
     assert 1 <= cr < 120
+
+
+def test_permute_into_matches_its_numpy_twin(rng):
+    from mlr_dask.fit.partition import permute_into, permute_into_numpy
+
+    A = rng.standard_normal((37, 23))
+    pr, pc = rng.permutation(37), rng.permutation(23)
+    a = permute_into(A, pr, pc, np.empty_like(A))
+    b = permute_into_numpy(A, pr, pc, np.empty_like(A))
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a, A[np.ix_(pr, pc)])

@@ -187,3 +187,21 @@ def test_growth_trials_never_worse_than_their_best_candidate():
     # the first step tries the level the one-trial growth takes, among others
     assert g3[0]["rel_error"] <= g1[0]["rel_error"] + 1e-12
     assert np.all(np.diff([m["rel_error"] for m in g3]) < 0)
+
+
+def test_best_on_a_small_matrix_runs_one_final_fit(monkeypatch):
+    A = radial_kernel(100, seed=8)
+    calls = []
+    real = pipeline.fit
+
+    def counted(plan):
+        calls.append(plan.init)
+        real(plan)
+
+    monkeypatch.setattr(pipeline, "fit", counted)
+    M = fit_mlr(A, 8, init="best", threads=1)
+    h = M.history_
+    assert calls == [h["init"]]  # the loser stopped after its allocation
+    assert set(h["starts"]) == set(pipeline.BEST_INITS)
+    assert h["starts"][h["init"]] == min(h["starts"].values())
+    assert abs(h["mlr_rel_error"] - h["starts"][h["init"]]) < 1e-12
