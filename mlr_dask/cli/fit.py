@@ -74,8 +74,8 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--block-items", type=_positive_int, default=None,
                    help="learned Dask path: largest block side a task learns in memory "
                         "(default: from the workers' memory limit, at most 4096)")
-    p.add_argument("--sample-items", type=_positive_int, default=2048,
-                   help="learned Dask path: sampled rows/cols for the rank allocation")
+    p.add_argument("--sample-items", type=_positive_int, default=1024,
+                   help="learned Dask path: sampled rows/cols on which --init best picks")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", metavar="MODEL", default=None, help="write the model (zarr)")
     p.add_argument("--overwrite", action="store_true",

@@ -214,7 +214,7 @@ def fit_mlr(
     chunk_items: int | None = None,
     power_iters: int = 2,
     block_items: int | None = None,
-    sample_items: int = 2048,
+    sample_items: int = 1024,
     progress: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> MLRMatrix:
     """Fit an MLR matrix of total rank ``rank`` to ``A``.
@@ -273,13 +273,14 @@ def fit_mlr(
         otherwise), ``"numpy"`` or ``"dask"``. On the Dask path a given hierarchy is fitted
         with the ranks as given (or the starting allocation: no rank allocation); otherwise
         the hierarchy and the ranks are learned there too (:func:`mlr_dask.fit.learn_dask.
-        learn_mlr_dask`: top splits by passes over the tiles, the blocks below as tasks, the
-        allocation on a sample as futures, a continuation along its growth path).
+        learn_mlr_dask`: the start picked on a sample by futures, top splits by passes over
+        the tiles, the blocks below as tasks, then growth and exchange of the ranks on the
+        whole matrix).
     client, chunk_items, power_iters : Dask path options (see :func:`mlr_dask.fit.dask.
         fit_mlr_dask`); the default scheduler is used when ``client`` is None.
     block_items, sample_items : learned Dask path: the largest block side one task learns in
         memory (default from the workers' memory limit, at most 4096) and the sampled rows
-        (columns) of the rank allocation.
+        (columns) on which ``init="best"`` picks its start.
     progress : optional callback ``progress(stage, info)``; every step is also published with
         :func:`mlr_dask.events.publish` (stages ``partition``, ``rank_move``, ``epoch``).
 
@@ -402,8 +403,11 @@ def fit_mlr(
                     learn_mlr_dask,
                 )
 
+                if init not in ("best", "bottom", "uniform"):
+                    raise InputError(f"init {init!r} is not available on the Dask path: "
+                                     "'best', 'bottom' or 'uniform'")
                 lo = LearnOptions(
-                    block_items=int(block_items) if block_items is not None
+                    init=init, block_items=int(block_items) if block_items is not None
                     else default_block_items(client), sample_items=int(sample_items),
                     q=int(power_iters), balanced=bool(balanced), refine=bool(refine),
                     split=split, n_vectors=int(split_vectors), symmetric=symmetric, psd=psd,

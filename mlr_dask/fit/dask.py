@@ -683,6 +683,7 @@ def fit_products(
     seed: int = 0,
     exact_max: int = 192,
     grow_from: Sequence[int] | None = None,
+    exchange: bool = False,
     exchange_steps: int = 8,
     progress: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> MLRMatrix:
@@ -692,8 +693,8 @@ def fit_products(
     predicted gain (the next singular values of its blocks, from that epoch), as the in-memory
     growth does; ``ranks`` then gives the total only and the grown ranks are returned. This
     continuation from the finest levels ends far lower than BCD started at the final ranks on
-    kernel matrices. Cost: one epoch (without the loss pass) per step. After the growth, up to
-    ``exchange_steps`` rank exchanges (:func:`_exchange`)."""
+    kernel matrices. Cost: one epoch (without the loss pass) per step. ``exchange``: then up
+    to ``exchange_steps`` rank exchanges (:func:`_exchange`)."""
     t0 = time.perf_counter()
     F = _Factors(rows, cols, ranks if grow_from is None else grow_from, psd)
     L = len(F.ranks)
@@ -751,7 +752,7 @@ def fit_products(
     hist = [float(np.sqrt(cur / norm2))]
     if progress:
         progress("epoch", {"epoch": 0, "rel_error": hist[-1]})
-    if grow_from is not None and exchange_steps:
+    if exchange and exchange_steps:
         cur = _exchange(F, epoch, loss, cur, L, exchange_steps, moves, progress)
         hist[-1] = float(np.sqrt(cur / norm2))
     for it in range(1, max_iter + 1):
@@ -876,6 +877,7 @@ def fit_mlr_dask(
     exact_max: int = 192,
     engine: str = "dask",
     grow_from: Sequence[int] | None = None,
+    exchange: bool = False,
     progress: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> MLRMatrix:
     """Fit the factors (fixed hierarchy and ranks) of a matrix given as a Dask array (original
@@ -885,7 +887,8 @@ def fit_mlr_dask(
     ``engine="numpy"`` runs the same algorithm on the matrix loaded in memory (reference).
     With a store, the tasks read their chunks from zarr themselves (see the module docstring).
     The result's ``history_`` holds the relative error per epoch and ``passes_over_A``.
-    ``grow_from``: grow the ranks from these first (see :func:`fit_products`).
+    ``grow_from`` / ``exchange``: grow the ranks from these first, exchange ranks between
+    levels after the first epoch (see :func:`fit_products`).
     """
     chunk_items = 4096 if chunk_items is None else int(chunk_items)
     if chunk_items < 1:
@@ -904,7 +907,8 @@ def fit_mlr_dask(
     try:
         M = fit_products(eng, rows, cols, ranks, c=c, rch=rch, cch=cch, psd=psd,
                          max_iter=max_iter, tol=tol, q=q, seed=seed, exact_max=exact_max,
-                         grow_from=grow_from, progress=_publishing(progress))
+                         grow_from=grow_from, exchange=exchange,
+                         progress=_publishing(progress))
     except np.linalg.LinAlgError:
         _raise_if_not_finite(Ad)  # the usual cause; costs a pass only when the fit failed
         raise

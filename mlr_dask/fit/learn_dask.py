@@ -1,36 +1,37 @@
 """Learning the hierarchy and the ranks on the Dask path, for a matrix that need not fit in
 memory (a zarr store, a Dask array; a numpy array runs the same stages in-process).
 
-The stages, each a function of the previous one's output (``mlr.md`` s. 4, the ``"bottom"``
-start: the hierarchy is recursive co-clustering of ``W = A o A``, the ranks grow from the atoms):
+The stages mirror the in-memory pipeline (``mlr.md`` s. 4), each a function of the previous
+one's output:
 
+0. :func:`pick_start` (``init="best"``): the whole in-memory pipeline from the ``"bottom"``
+   and the ``"uniform"`` start, each a future on the workers, on a random principal
+   submatrix of at most ``sample_items`` rows and columns (read once); the start of lower
+   error is kept.
 1. :func:`top_splits`: while a block of the finest learned level is larger than
    ``block_items`` (the side a worker may hold), every block of the level is split in two by
-   the same rule as :func:`mlr_dask.fit.partition.split_block` (bipartite spectral
-   co-clustering; Fiedler vectors when symmetric; the cut direction of smallest normalized cut
-   in a 4-dimensional embedding), but through *passes over A*: each pass is one task per stored
-   tile computing ``W_t X`` and ``W_t^T Y`` for the diagonal blocks of the level at once. A level
-   costs about ``2 q + 3 + rounds`` passes: degrees, the
-   randomized SVD of the normalized ``W`` with ``q`` power iterations, and the scoring of the
-   candidate cuts (symmetric: ``2 q`` iterations of one pass each), then up to
-   ``refine_rounds`` rounds of batch swaps (two passes each, one symmetric).
+   the rule of :func:`mlr_dask.fit.partition.split_block` (bipartite spectral co-clustering of
+   ``W = R o R``; Fiedler vectors when symmetric; the cut direction of smallest normalized cut
+   in a 4-dimensional embedding), but through *passes over A*: one task per stored tile
+   computes ``W_t X`` and ``W_t^T Y`` for the diagonal blocks of the level at once. ``R`` is
+   A (``"bottom"``: rank only on the atoms) or A minus the levels above fitted with their
+   start ranks (``"uniform"``; one epoch of :func:`mlr_dask.fit.dask.fit_mlr_dask` per level).
+   A level costs about ``2 q + 3 + rounds`` passes: degrees, the randomized SVD of the
+   normalized ``W`` with ``q`` power iterations (symmetric: ``2 q`` iterations of one pass
+   each), the scoring of the candidate cuts, then up to ``refine_rounds`` rounds of batch
+   swaps (two passes each, one symmetric).
 2. :func:`split_below`: one task per block of that level reads its block of A and learns the
-   rest of the hierarchy in memory (:func:`mlr_dask.fit.partition.spectral_partition`).
-   The blocks' rows are scattered in the stored order, so each task decodes the stored chunks
-   its rows and columns meet (counted in ``passes_over_A``).
-3. :func:`allocate_on_sample`: a stratified sample of rows and columns (every block of the
-   finest non-atom level keeps about the same fraction, at least one item) is read once, and
-   the in-memory pipeline's allocations from two starts (growth from the atoms, and the
-   uniform start with exchanges) run as futures on the workers, on the sampled matrix with the
-   induced hierarchy; the start of lower sampled error is kept.
-4. The factors are fitted by :func:`mlr_dask.fit.dask.fit_mlr_dask` with the learned
-   hierarchy: after the growth start, the ranks grow again on the whole matrix, one per epoch
-   on the level of largest predicted gain (a continuation, as in memory); after the uniform
-   start, with the sample's ranks.
+   rest of the hierarchy in memory (:func:`mlr_dask.fit.partition.spectral_partition` of the
+   block minus the coarse fit). The blocks' rows are scattered in the stored order, so each
+   task decodes the stored chunks its rows and columns meet (counted in ``passes_over_A``).
+3. The ranks and factors by :func:`mlr_dask.fit.dask.fit_mlr_dask` on the learned hierarchy:
+   after ``"bottom"`` the ranks grow from the atoms, one per epoch on the level of largest
+   predicted gain (the continuation of the in-memory growth), then rank exchanges with trial
+   epochs; after ``"uniform"`` the exchanges start from the uniform allocation.
 
 Memory: per tile task two tiles; per block task about four copies of a ``block_items``-sided
-block; per allocation task about four copies of the ``sample_items``-sided sample; on the client
-the products (``(m + n) x`` about 50 numbers) and the hierarchies.
+block; per start trial about four copies of the sample; on the client the products
+(``(m + n) x`` about 50 numbers), the coarse factors and the hierarchies.
 """
 
 from __future__ import annotations
@@ -44,14 +45,14 @@ import numpy as np
 
 from mlr_dask.errors import InputError
 from mlr_dask.fit.dask import ZarrChunk, _chunk_array
-from mlr_dask.fit.partition import _cuts, _directions, atom_counts, spectral_partition
+from mlr_dask.fit.partition import _cuts, _directions, spectral_partition
 from mlr_dask.hierarchy import Hierarchy
 from mlr_dask.mlr import MLRMatrix
 
-__all__ = ["TileSource", "LearnOptions", "default_block_items", "top_splits", "split_below",
-           "allocate_on_sample", "learn_mlr_dask"]
+__all__ = ["TileSource", "LearnOptions", "default_block_items", "pick_start", "top_splits",
+           "split_below", "learn_mlr_dask"]
 
-#: starts whose allocations are tried on the sample (as futures)
+#: the starts that ``init="best"`` tries on a sample (as futures)
 SAMPLE_STARTS = ("bottom", "uniform")
 
 
@@ -62,8 +63,9 @@ class LearnOptions:
     (default 2048); ``q``: power iterations of the split embeddings; ``rounds``: refinement
     rounds of the cut direction; the partition options mirror the in-memory ones."""
 
+    init: str = "best"
     block_items: int = 2048
-    sample_items: int = 2048
+    sample_items: int = 1024
     q: int = 2
     rounds: int = 2
     n_vectors: int = 4
@@ -106,6 +108,10 @@ class TileSource:
         from mlr_dask.fit.store import MatrixStore
 
         self.passes = 0.0
+        #: the coarse levels subtracted from A in every pass: per level (B_l (m, r_l),
+        #: C_l (n, r_l), block of each stored row (m,), block of each stored column (n,))
+        self.model: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+        self.src = src
         if isinstance(src, MatrixStore):
             self.kind = "zarr"
             self.array = src.array
@@ -158,6 +164,15 @@ class TileSource:
             return self.array[rows][:, cols]
         return self.array[np.ix_(rows, cols)]
 
+    def fit_source(self) -> Any:
+        """The matrix as :func:`mlr_dask.fit.dask.fit_mlr_dask` takes it (a numpy matrix as a
+        Dask array of the tiles, for its numpy engine)."""
+        if self.kind != "numpy":
+            return self.src
+        import dask.array as da
+
+        return da.from_array(self.array, chunks=(int(self.rg[1]), int(self.cg[1])))
+
     def compute(self, calls: list[tuple[Callable[..., Any], tuple[Any, ...]]]) -> list[Any]:
         """Run ``f(*args)`` for each call: Dask tasks (the default scheduler) unless numpy."""
         if self.kind == "numpy":
@@ -168,14 +183,31 @@ class TileSource:
 
 
 # ------------------------------------------------------------------------------ tasks
+def _subtract(A: np.ndarray, model: list[tuple[np.ndarray, np.ndarray, np.ndarray,
+                                                 np.ndarray]]) -> None:
+    """``A -= sum_l [mr_l == mc_l] o (B_l C_l^T)`` in place (``model``: per level the rows'
+    ``B_l`` (h, r_l), the columns' ``C_l`` (w, r_l) and their blocks ``mr_l`` (h,) and
+    ``mc_l`` (w,))."""
+    for B, C, mr, mc in model:
+        same = mr[:, None] == mc[None, :]
+        if same.all():
+            A -= B @ C.T
+        else:
+            A -= np.where(same, B @ C.T, 0.0)
+
+
 def tile_products(src: Any, r0: int, c0: int, br: np.ndarray, bc: np.ndarray,
-                  X: np.ndarray | None, Y: np.ndarray | None, zero_diag: bool
+                  X: np.ndarray | None, Y: np.ndarray | None, zero_diag: bool,
+                  model: list[Any] | None = None
                   ) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """One tile's share of a pass: with ``W = A_t o A_t`` kept where the row's block equals the
-    column's (``br`` (h,), ``bc`` (w,); negative: in no block) and, when ``zero_diag``, zero on
-    the diagonal of the whole matrix (``r0``, ``c0``: the tile's offsets), returns ``(W X,
-    W^T Y)`` ((h, k), (w, k); None for a missing operand). Cost O(h w k)."""
+    """One tile's share of a pass: with ``W = R_t o R_t`` kept where the row's block equals the
+    column's (``br`` (h,), ``bc`` (w,)) and, when ``zero_diag``, zero on the diagonal of the
+    whole matrix (``r0``, ``c0``: the tile's offsets), returns ``(W X, W^T Y)`` ((h, k), (w, k);
+    None for a missing operand). ``R_t`` is the tile of A minus the coarse levels of ``model``
+    (see :func:`_subtract`), or A itself. Cost O(h w (k + r))."""
     A = _chunk_array(src, writable=True)
+    if model:
+        _subtract(A, model)
     np.square(A, out=A)
     A[br[:, None] != bc[None, :]] = 0.0
     if zero_diag:
@@ -185,44 +217,44 @@ def tile_products(src: Any, r0: int, c0: int, br: np.ndarray, bc: np.ndarray,
     return (None if X is None else A @ X, None if Y is None else A.T @ Y)
 
 
-def block_partition(src: Any, n_levels: int, symmetric: bool, psd: bool, balanced: bool,
-                    refine: bool, split: str, n_vectors: int, seed: int
+def block_partition(src: Any, n_levels: int, ranks: list[int], model: list[Any],
+                    symmetric: bool, psd: bool, balanced: bool, refine: bool, split: str,
+                    n_vectors: int, seed: int
                     ) -> tuple[np.ndarray, list[np.ndarray], np.ndarray, list[np.ndarray]]:
     """The hierarchy of one block (its rows and columns as given, ``n_levels`` levels, atoms
-    last) by :func:`spectral_partition` with rank only on the atoms. Returns the local row order
-    and boundaries per level, then the same for the columns. Memory: about four copies of the
-    block."""
-    A = _chunk_array(src, writable=False)
-    rk = [0] * (n_levels - 1) + [1]
-    rows, cols, _ = spectral_partition(A, n_levels, rk, symmetric=symmetric, psd=psd,
+    last) by :func:`spectral_partition` of the block minus the coarse levels of ``model`` (the
+    block lies inside one block of each), with the start ``ranks`` (n_levels,) for the
+    intermediate fits. Returns the local row order and boundaries per level, then the same for
+    the columns. Memory: about four copies of the block."""
+    A = _chunk_array(src, writable=True)
+    _subtract(A, [(B, C, np.zeros(B.shape[0]), np.zeros(C.shape[0])) for B, C in model])
+    rows, cols, _ = spectral_partition(A, n_levels, ranks, symmetric=symmetric, psd=psd,
                                        balanced=balanced, refine=refine, method=split,
                                        n_vectors=n_vectors, seed=seed)
     return rows.perm, list(rows.boundaries), cols.perm, list(cols.boundaries)
 
 
-def sample_allocation(A: Any, rows: Hierarchy, cols: Hierarchy, rank: int, start: str,
-                      symmetric: bool, psd: bool, seed: int) -> tuple[list[int], float]:
-    """The in-memory pipeline's rank allocation on a sampled matrix ``A`` (hierarchy order,
-    identity permutations) from ``start`` (``"bottom"``: growth from rank 1 on the atoms;
-    ``"uniform"``: :func:`mlr_dask.fit.pipeline.initial_ranks` then exchanges), single
-    threaded. Returns the ranks per level and the sampled relative error."""
+def start_trial(src: Any, inv_r: np.ndarray, inv_c: np.ndarray, rank: int, init: str,
+                n_levels: int | None, symmetric: bool, psd: bool, seed: int) -> float:
+    """The whole in-memory pipeline from the start ``init`` on a sampled submatrix (read by the
+    task, reordered by ``inv_r`` / ``inv_c``), short (as :func:`mlr_dask.fit.pipeline.
+    pick_start`: growth by three ranks per step, two epochs); returns its relative error."""
     from mlr_dask.fit import pipeline
-    from mlr_dask.fit.options import FitOptions, Options, Reporter
-    from mlr_dask.fit.ranks import rank_caps
+    from mlr_dask.fit.options import (
+        AllocationOptions,
+        FitOptions,
+        Options,
+        PartitionOptions,
+        Reporter,
+    )
 
-    A = _chunk_array(A, writable=False)
-    L = rows.n_levels
-    caps = rank_caps(rows.boundaries, cols.boundaries)
-    r = int(min(rank, sum(caps)))
-    if start == "bottom":
-        rk = [0] * (L - 1) + [min(1, caps[-1])]
-    else:
-        rk = pipeline.initial_ranks(r, caps, rows.has_atoms)
-    opts = Options(fit=FitOptions(max_iter=3), symmetric=symmetric, psd=psd, seed=seed,
+    A = np.ascontiguousarray(_chunk_array(src, writable=False)[np.ix_(inv_r, inv_c)])
+    opts = Options(partition=PartitionOptions(init=init, levels=n_levels),
+                   allocation=AllocationOptions(grow_per_step=3, max_rank_moves=rank // 3 + 8),
+                   fit=FitOptions(max_iter=2), symmetric=symmetric, psd=psd, seed=seed,
                    threads=1, baselines=False)
-    M = pipeline.run(np.ascontiguousarray(A), r, opts, Reporter(None), rows=rows, cols=cols,
-                     ranks=rk)
-    return [int(x) for x in M.ranks], float(M.history_["rel_error"][-1])
+    M = pipeline.run(A, rank, opts, Reporter(None), levels=n_levels)
+    return float(M.history_["rel_error"][-1])
 
 
 # ------------------------------------------------------------------------------ passes
@@ -247,8 +279,9 @@ class _Level:
 
 def _pass(ts: TileSource, br: np.ndarray, bc: np.ndarray, X: np.ndarray | None,
           Y: np.ndarray | None, zero_diag: bool) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """``(W X, W^T Y)`` in stored order for the diagonal blocks given by ``br`` / ``bc``: one
-    task per tile that holds a diagonal-block entry. ``X`` (n, k), ``Y`` (m, k)."""
+    """``(W X, W^T Y)`` in stored order for the diagonal blocks given by ``br`` / ``bc``, with
+    ``W = R o R`` and ``R`` the matrix minus ``ts.model``: one task per tile that holds a
+    diagonal-block entry. ``X`` (n, k), ``Y`` (m, k)."""
     m, n = ts.shape
     calls, where = [], []
     for i in range(ts.rg.size - 1):
@@ -259,9 +292,11 @@ def _pass(ts: TileSource, br: np.ndarray, bc: np.ndarray, X: np.ndarray | None,
             bj = bc[c0:c1]
             if not np.intersect1d(bi, bj).size:
                 continue
+            model = [(B[r0:r1], C[c0:c1], mr[r0:r1], mc[c0:c1]) for B, C, mr, mc in ts.model]
             calls.append((tile_products, (ts.tile(i, j), r0, c0, bi, bj,
                                           None if X is None else X[c0:c1],
-                                          None if Y is None else Y[r0:r1], zero_diag)))
+                                          None if Y is None else Y[r0:r1], zero_diag,
+                                          model)))
             where.append((r0, r1, c0, c1))
     ts.passes += len(calls) / ts.n_tiles
     WX = None if X is None else np.zeros((m, X.shape[1]))
@@ -499,19 +534,59 @@ def _n_split(n_levels: int) -> int:
     return max(0, n_levels - 2)
 
 
-def top_splits(ts: TileSource, n_levels: int, o: LearnOptions,
+def _coarse_model(ts: TileSource, lv: _Level, ranks: list[int], o: LearnOptions,
+                  chunk_items: int | None
+                  ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """The levels learned so far fitted with their start ``ranks`` (one epoch on the Dask path,
+    :func:`mlr_dask.fit.dask.fit_mlr_dask`), as the residual model of the next passes (stored
+    order, see :attr:`TileSource.model`); empty when they all have rank 0."""
+    from mlr_dask.fit.dask import fit_mlr_dask
+
+    t = len(lv.rb)
+    rk = [int(min(r, np.diff(a).min(), np.diff(b).min()))
+          for r, a, b in zip(ranks[:t], lv.rb, lv.cb, strict=True)]
+    if not any(rk):
+        return []
+    rows = Hierarchy(lv.rb, ts.sr[lv.pr])
+    cols = Hierarchy(lv.cb, ts.sc[lv.pc])
+    M = fit_mlr_dask(ts.fit_source(), rows, cols, rk, psd=o.psd, max_iter=0, tol=0.0,
+                     chunk_items=chunk_items, q=o.q, seed=o.seed,
+                     engine="numpy" if ts.kind == "numpy" else "dask")
+    ts.passes += float(M.history_["passes_over_A"])
+    m, n = ts.shape
+    model = []
+    for lvl, r in enumerate(rk):
+        if r == 0:
+            continue
+        Bh, Ch = M.level(lvl)
+        B, C = np.empty((m, r)), np.empty((n, r))
+        B[lv.pr], C[lv.pc] = Bh, Ch
+        mr, mc = np.empty(m, dtype=np.int64), np.empty(n, dtype=np.int64)
+        mr[lv.pr] = np.repeat(np.arange(lv.rb[lvl].size - 1), np.diff(lv.rb[lvl]))
+        mc[lv.pc] = np.repeat(np.arange(lv.cb[lvl].size - 1), np.diff(lv.cb[lvl]))
+        model.append((B, C, mr, mc))
+    return model
+
+
+def top_splits(ts: TileSource, n_levels: int, ranks: list[int], o: LearnOptions,
+               chunk_items: int | None = None,
                report: Callable[..., None] | None = None) -> _Level:
     """Stage 1: the levels whose blocks are larger than ``o.block_items`` (a side), learned by
-    passes over the tiles (see the module docstring). Returns the learned levels (at least the
-    root) in stored positions."""
+    passes over the tiles (see the module docstring). ``ranks`` (n_levels,): the start; before
+    each level's splits the levels above with a nonzero start rank are fitted
+    (:func:`_coarse_model`) and the splits are made on the residual, as in memory. Returns the
+    learned levels (at least the root) in stored positions; ``ts.model`` holds the coarse
+    fit of the levels above the last one."""
     m, n = ts.shape
     lv = _Level(np.arange(m), np.arange(n), [np.array([0, m])], [np.array([0, n])])
     rng = np.random.default_rng(o.seed)
     n_split = _n_split(n_levels)
     lvl = 0
+    ts.model = []
     while lvl < n_split and max(np.diff(lv.rb[-1]).max(), np.diff(lv.cb[-1]).max()) \
             > o.block_items:
         lvl += 1
+        ts.model = _coarse_model(ts, lv, ranks, o, chunk_items)
         lv = _split_level(ts, lv, o, 2 ** (n_split - lvl), rng)
         if report:
             report("partition", lvl, n_split, level=lvl, of=n_split, where="cluster",
@@ -519,10 +594,11 @@ def top_splits(ts: TileSource, n_levels: int, o: LearnOptions,
     return lv
 
 
-def split_below(ts: TileSource, lv: _Level, n_levels: int, o: LearnOptions,
+def split_below(ts: TileSource, lv: _Level, n_levels: int, ranks: list[int], o: LearnOptions,
                 report: Callable[..., None] | None = None) -> tuple[Hierarchy, Hierarchy]:
     """Stage 2: the rest of the hierarchy, one task per block of the finest learned level
-    (:func:`block_partition`). Returns the whole hierarchies (stored positions as items)."""
+    (:func:`block_partition` on the block minus ``ts.model``, start ranks ``ranks[t:]``).
+    Returns the whole hierarchies (stored positions as items)."""
     t = len(lv.rb) - 1
     local_levels = n_levels - t
     nb = lv.rb[-1].size - 1
@@ -533,16 +609,15 @@ def split_below(ts: TileSource, lv: _Level, n_levels: int, o: LearnOptions,
         rows_sorted.append(g)
         cols_sorted.append(h)
         if local_levels > 2:
-            calls.append((block_partition, (ts.block(g, h), local_levels, o.symmetric, o.psd,
-                                            o.balanced, o.refine, o.split, o.n_vectors,
-                                            o.seed + k)))
+            model = [(B[g], C[h]) for B, C, _, _ in ts.model]
+            calls.append((block_partition, (ts.block(g, h), local_levels, list(ranks[t:]),
+                                            model, o.symmetric, o.psd, o.balanced, o.refine,
+                                            o.split, o.n_vectors, o.seed + k)))
     results = ts.compute(calls) if calls else []
     if report and calls:
         report("partition", _n_split(n_levels), _n_split(n_levels), where="blocks",
                blocks=len(calls), passes_over_A=round(ts.passes, 3))
     pr, pc = [], []
-    rb = [list(b) for b in lv.rb]
-    cb = [list(b) for b in lv.cb]
     extra_r: list[list[int]] = [[0] for _ in range(max(0, local_levels - 1))]
     extra_c: list[list[int]] = [[0] for _ in range(max(0, local_levels - 1))]
     off_r = off_c = 0
@@ -564,110 +639,47 @@ def split_below(ts: TileSource, lv: _Level, n_levels: int, o: LearnOptions,
             extra_c[j - 1] += (off_c + lcb[j][1:]).tolist()
         off_r += g.size
         off_c += h.size
-    rows = Hierarchy([np.asarray(b) for b in rb] + [np.asarray(b) for b in extra_r],
-                     np.concatenate(pr))
-    cols = Hierarchy([np.asarray(b) for b in cb] + [np.asarray(b) for b in extra_c],
-                     np.concatenate(pc))
+    rows = Hierarchy(list(lv.rb) + [np.asarray(b) for b in extra_r], np.concatenate(pr))
+    cols = Hierarchy(list(lv.cb) + [np.asarray(b) for b in extra_c], np.concatenate(pc))
     return rows, cols
 
 
-def _sample(rows: Hierarchy, cols: Hierarchy, items: int, symmetric: bool,
-            rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, Hierarchy, Hierarchy]:
-    """Hierarchy positions of a stratified sample (the same fraction of every block of the
-    finest non-atom level, at least one item; the same positions for both sides when
-    ``symmetric``) and the hierarchies it induces (identity order, atoms rebuilt)."""
-    L = rows.n_levels
-    top = L - 1 if L > 1 else 1  # the last level is atoms on this path
-    frac = min(1.0, items / max(rows.n, cols.n))
-
-    def pick(h: Hierarchy) -> np.ndarray:
-        b = h.boundaries[top - 1]
-        sizes = np.diff(b)
-        want = frac * sizes  # largest remainders first, at least one per block
-        k = np.maximum(1, np.floor(want)).astype(np.int64)
-        short = int(round(frac * h.n)) - int(k.sum())
-        if short > 0:
-            add = np.argsort(np.floor(want) - want, kind="stable")[:short]
-            k[add] = np.minimum(k[add] + 1, sizes[add])
-        return np.concatenate([np.sort(rng.choice(np.arange(a, z), size=c, replace=False))
-                               for a, z, c in zip(b[:-1], b[1:], k, strict=True)])
-
-    pos_r = pick(rows)
-    pos_c = pos_r if symmetric else pick(cols)
-
-    def induced(h: Hierarchy, pos: np.ndarray) -> Hierarchy:
-        hs = Hierarchy([np.searchsorted(pos, b) for b in h.boundaries[:top]])
-        return hs
-
-    hr, hc = induced(rows, pos_r), induced(cols, pos_c)
-    if top < L:
-        cnt = atom_counts(hr, hc)
-        hr, hc = hr.refine(cnt), hc.refine(cnt)
-    return pos_r, pos_c, hr, hc
-
-
-def allocate_on_sample(ts: TileSource, rows: Hierarchy, cols: Hierarchy, rank: int,
-                       o: LearnOptions, client: Any = None,
-                       report: Callable[..., None] | None = None
-                       ) -> tuple[list[int], dict[str, Any]]:
-    """Stage 3: the ranks per level, chosen on a stratified sample (:func:`_sample`) by the
-    in-memory allocation from each of :data:`SAMPLE_STARTS`, run as futures on the workers
-    (in-process without a client). ``rows`` / ``cols``: the learned hierarchies with stored
-    positions as items. Returns the ranks (capped by the full hierarchy's blocks) and what
-    the sample gave."""
-    from mlr_dask.fit.ranks import rank_caps
-
+def pick_start(ts: TileSource, rank: int, n_levels: int, o: LearnOptions, client: Any = None,
+               report: Callable[..., None] | None = None) -> tuple[str, dict[str, Any]]:
+    """Stage 0 (``init="best"``): the start of :data:`SAMPLE_STARTS` whose whole in-memory
+    pipeline (:func:`start_trial`) gives the lower error on a random principal submatrix of
+    ``o.sample_items`` rows and columns at most (the same set for both sides of a square
+    matrix; rank at most a quarter of its side, levels fewer by the halvings of the
+    sampling), each start a future on the workers (in-process without a client). Reads the
+    sample once. Returns the start and what the sample gave."""
+    if o.init != "best":
+        return o.init, {"start": o.init}
+    m, n = ts.shape
     rng = np.random.default_rng(o.seed + 7)
-    pos_r, pos_c, hr, hc = _sample(rows, cols, o.sample_items, o.symmetric, rng)
-    sr, sc = rows.perm[pos_r], cols.perm[pos_c]  # stored positions, hierarchy order
-    ir, ic = np.argsort(sr, kind="stable"), np.argsort(sc, kind="stable")
-    handle = ts.block(sr[ir], sc[ic])
-    inv_r, inv_c = np.argsort(ir), np.argsort(ic)
+    sm, sn = min(m, o.sample_items), min(n, o.sample_items)
+    ri = np.sort(rng.choice(m, size=sm, replace=False))
+    ci = ri if m == n and sm == sn else np.sort(rng.choice(n, size=sn, replace=False))
+    frac = min(sm / m, sn / n)
+    r_sub = int(max(1, min(rank, min(sm, sn) // 4)))
+    L_sub = max(1, min(n_levels - int(round(np.log2(1 / frac))),
+                       int(np.ceil(np.log2(max(2, min(sm, sn))))) + 1))
+    handle = ts.block(ri, ci)
+    ident_r, ident_c = np.arange(sm), np.arange(sn)
+    args = [(r_sub, s, L_sub, o.symmetric, o.psd, o.seed) for s in SAMPLE_STARTS]
     if client is not None and ts.kind != "numpy":
         import dask
 
-        Ad = client.compute(dask.delayed(_reorder, pure=True)(handle, inv_r, inv_c))
-        futs = [client.submit(_sample_allocation_sorted, Ad, hr, hc, rank, s, o.symmetric,
-                              o.psd, o.seed, pure=False) for s in SAMPLE_STARTS]
-        results = client.gather(futs)
-    elif ts.kind == "numpy":
-        A = _reorder(handle, inv_r, inv_c)
-        results = [_sample_allocation_sorted(A, hr, hc, rank, s, o.symmetric, o.psd, o.seed)
-                   for s in SAMPLE_STARTS]
+        As = client.compute(dask.delayed(_chunk_array, pure=True)(handle, False))
+        errs = client.gather([client.submit(start_trial, As, ident_r, ident_c, *a, pure=False)
+                              for a in args])
     else:
-        results = ts.compute([(_sample_in_task, (handle, inv_r, inv_c, hr, hc, rank, s,
-                                                  o.symmetric, o.psd, o.seed))
-                              for s in SAMPLE_STARTS])
-    errs = {s: r[1] for s, r in zip(SAMPLE_STARTS, results, strict=True)}
-    best = min(range(len(results)), key=lambda i: results[i][1])
-    ranks = list(results[best][0])
-    caps = rank_caps(rows.boundaries, cols.boundaries)
-    ranks = [min(r, c) for r, c in zip(ranks, caps, strict=True)]
-    if sum(ranks) < rank:  # the sample's caps were tighter: the rest to the root
-        ranks[0] += rank - sum(ranks)
-    info = {"sample": [int(pos_r.size), int(pos_c.size)], "starts": errs,
-            "start": SAMPLE_STARTS[best], "sample_ranks": list(results[best][0])}
+        errs = ts.compute([(start_trial, (handle, ident_r, ident_c, *a)) for a in args])
+    out = {s: float(e) for s, e in zip(SAMPLE_STARTS, errs, strict=True)}
+    best = min(SAMPLE_STARTS, key=lambda k: out[k])
     if report:
-        report("rank_move", 1, 1, where="sample", ranks=ranks, start=SAMPLE_STARTS[best])
-    return ranks, info
-
-
-def _reorder(src: Any, inv_r: np.ndarray, inv_c: np.ndarray) -> np.ndarray:
-    A = _chunk_array(src, writable=False)
-    return np.ascontiguousarray(A[np.ix_(inv_r, inv_c)])
-
-
-def _sample_allocation_sorted(A: np.ndarray, hr: Hierarchy, hc: Hierarchy, rank: int,
-                              start: str, symmetric: bool, psd: bool, seed: int
-                              ) -> tuple[list[int], float]:
-    return sample_allocation(A, hr, hc, rank, start, symmetric, psd, seed)
-
-
-def _sample_in_task(src: Any, inv_r: np.ndarray, inv_c: np.ndarray, hr: Hierarchy,
-                    hc: Hierarchy, rank: int, start: str, symmetric: bool, psd: bool,
-                    seed: int) -> tuple[list[int], float]:
-    return sample_allocation(_reorder(src, inv_r, inv_c), hr, hc, rank, start, symmetric,
-                             psd, seed)
+        report("pick_start", 1, 1, start=best, **{f"error_{k}": v for k, v in out.items()})
+    return best, {"start": best, "sample": [int(sm), int(sn)], "sample_rank": r_sub,
+                  "starts": out}
 
 
 @dataclass
@@ -676,7 +688,7 @@ class LearnResult:
 
     seconds: dict[str, float] = field(default_factory=dict)
     passes: dict[str, float] = field(default_factory=dict)
-    allocation: dict[str, Any] = field(default_factory=dict)
+    start: dict[str, Any] = field(default_factory=dict)
 
 
 def learn_mlr_dask(
@@ -694,17 +706,23 @@ def learn_mlr_dask(
     """Learn the hierarchy (``n_levels`` levels, atoms last) and the ranks of an MLR matrix of
     total rank ``rank`` for ``src`` (a :class:`~mlr_dask.fit.store.MatrixStore`, a Dask array,
     or a numpy array for the in-process reference), then fit the factors on the Dask path; the
-    stages are listed in the module docstring. ``history_`` adds ``seconds`` and
-    ``passes_over_A`` per stage and ``allocation`` (the sample, the starts' sampled errors).
-    Cost: the passes of the top levels, one read of each block of the first level that fits
-    ``block_items``, one read of the sample, and the final fit's passes."""
+    stages are listed in the module docstring. ``history_`` adds ``seconds`` and ``passes``
+    per stage, ``passes_over_A`` in all, and ``start`` (the start and its sampled errors).
+    Cost: the sample read once, the passes of the top levels (with a coarse fit per level
+    for the uniform start), one read of each block of the first level that fits
+    ``block_items``, and the final fit's passes (an epoch per growth step or exchange)."""
     from mlr_dask.fit.dask import fit_mlr_dask
     from mlr_dask.fit.options import Reporter
+    from mlr_dask.fit.pipeline import _short_caps, initial_ranks, start_ranks
+    from mlr_dask.fit.ranks import rank_caps
 
     o = opts or LearnOptions()
     report = Reporter(progress)
     ts = TileSource(src)
     m, n = ts.shape
+    if o.init not in ("best", *SAMPLE_STARTS):
+        raise InputError(f"init must be 'best', 'bottom' or 'uniform' on the Dask path, got "
+                         f"{o.init!r}")
     if o.symmetric and m != n:
         raise InputError(f"symmetric=True needs a square matrix, got {m} x {n}")
     if o.symmetric and not np.array_equal(ts.sr, ts.sc):
@@ -719,38 +737,41 @@ def learn_mlr_dask(
         if getattr(o, name) < 16:
             raise InputError(f"{name} must be at least 16, got {getattr(o, name)}")
     res = LearnResult()
-    t0 = time.perf_counter()
-    lv = top_splits(ts, n_levels, o, report)
-    res.seconds["top_splits"] = time.perf_counter() - t0
-    res.passes["top_splits"] = ts.passes
-    t0, p0 = time.perf_counter(), ts.passes
-    rows_s, cols_s = split_below(ts, lv, n_levels, o, report)
-    res.seconds["blocks"] = time.perf_counter() - t0
-    res.passes["blocks"] = ts.passes - p0
-    t0, p0 = time.perf_counter(), ts.passes
-    ranks, res.allocation = allocate_on_sample(ts, rows_s, cols_s, rank, o, client, report)
-    res.seconds["rank_allocation"] = time.perf_counter() - t0
-    res.passes["rank_allocation"] = ts.passes - p0
+
+    def stage(name: str, fn: Callable[[], Any]) -> Any:
+        t0, p0 = time.perf_counter(), ts.passes
+        out = fn()
+        res.seconds[name] = time.perf_counter() - t0
+        res.passes[name] = ts.passes - p0
+        return out
+
+    start, res.start = stage("pick_start", lambda: pick_start(ts, rank, n_levels, o, client,
+                                                              report))
+    caps0 = _short_caps(m, n, n_levels) if n_levels > 1 else [min(m, n)]
+    rk0 = start_ranks(start, rank, n_levels, caps0)
+    lv = stage("top_splits", lambda: top_splits(ts, n_levels, rk0, o, chunk_items, report))
+    rows_s, cols_s = stage("blocks", lambda: split_below(ts, lv, n_levels, rk0, o, report))
+    ts.model = []
     rows = rows_s.with_perm(ts.sr[rows_s.perm])
     cols = cols_s.with_perm(ts.sc[cols_s.perm])
+    caps = rank_caps(rows.boundaries, cols.boundaries)
+    if start == "bottom" and n_levels > 1:  # grow from the atoms on the whole matrix
+        grow_from = [0] * (n_levels - 1) + [1]
+        ranks = [rank] + [0] * (n_levels - 1)
+    else:
+        grow_from = None
+        ranks = initial_ranks(rank, caps, n_levels > 1)
     t0 = time.perf_counter()
-    grow_from = None
-    if res.allocation["start"] == "bottom":  # grow on the whole matrix, as the sample did
-        grow_from = [0] * (n_levels - 1) + [1] if n_levels > 1 else None
-    engine = "numpy" if ts.kind == "numpy" else "dask"
-    fsrc = src
-    if ts.kind == "numpy":
-        import dask.array as da
-
-        fsrc = da.from_array(ts.array, chunks=(ts.rg[1], ts.cg[1]))
-    M = fit_mlr_dask(fsrc, rows, cols, ranks, psd=o.psd, max_iter=max_iter, tol=tol,
-                     client=client, chunk_items=chunk_items, q=o.q, seed=o.seed,
-                     engine=engine, grow_from=grow_from, progress=progress)
+    M = fit_mlr_dask(ts.fit_source(), rows, cols, ranks, psd=o.psd, max_iter=max_iter,
+                     tol=tol, client=client, chunk_items=chunk_items, q=o.q, seed=o.seed,
+                     engine="numpy" if ts.kind == "numpy" else "dask", grow_from=grow_from,
+                     exchange=n_levels > 1, progress=progress)
     res.seconds["fit"] = time.perf_counter() - t0
     res.passes["fit"] = float(M.history_["passes_over_A"])
     M.history_["seconds"] = {**res.seconds, "total": sum(res.seconds.values())}
     M.history_["passes"] = {k: round(v, 3) for k, v in res.passes.items()}
     M.history_["passes_over_A"] = round(sum(res.passes.values()), 3)
-    M.history_["allocation"] = res.allocation
+    M.history_["start"] = res.start
+    M.history_["init"] = start
     M.history_["learned"] = "dask"
     return M

@@ -54,7 +54,12 @@ def test_learned_fit_out_of_core(tmp_path):
     with connect(n_workers=1, threads_per_worker=2, memory_limit=mem, quiet=True,
                  out_of_core=True) as client:
         t0 = time.perf_counter()
-        M = fit_mlr(store, rank, backend="dask", client=client, max_iter=2, tol=0.0)
+        def show(stage, info):  # MLR_LEARN_VERBOSE=1: each step as it goes
+            if os.environ.get("MLR_LEARN_VERBOSE"):
+                print(f"{time.perf_counter() - t0:7.1f}s {stage} {info}", flush=True)
+
+        M = fit_mlr(store, rank, backend="dask", client=client, max_iter=2, tol=0.0,
+                    progress=show)
         t_fit = time.perf_counter() - t0
         LR = fit_mlr_dask(store, Hierarchy([[0, n]]), Hierarchy([[0, n]]), [rank], max_iter=1,
                           tol=0.0)
@@ -65,7 +70,7 @@ def test_learned_fit_out_of_core(tmp_path):
     err, lr = h["rel_error"][-1], LR.history_["rel_error"][-1]
     print(f"\nlearned OOC n={n}: write {t_write:.0f}s, fit {t_fit:.0f}s {h['seconds']}, "
           f"passes {h['passes']}, ranks {list(M.ranks)}, blocks {M.rows.n_blocks[:6]}, "
-          f"rel error {err:.5f} (low rank {lr:.5f}), sample {h['allocation']}")
+          f"rel error {err:.5f} (low rank {lr:.5f}), start {h['start']}")
     assert h["learned"] == "dask" and M.rows.n_levels > 6
     assert sorted(M.rows.perm[:50].tolist()) != list(range(50))  # a learned order
     assert np.isfinite(err) and err < 0.8 * lr
