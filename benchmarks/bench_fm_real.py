@@ -89,12 +89,14 @@ def methods(labels: list[np.ndarray], levels: int, seed: int) -> dict[str, Calla
     def mlr_given(Xtr, Xte, keep):
         h = Hierarchy.from_labels([lab[keep] for lab in labels])
         m = MultilevelFactorModel(h, "auto", max_iter=2000, random_state=seed).fit(Xtr)
-        return m.score(Xte), {"ranks": [g.tolist() for g in m.group_ranks_]}
+        return m.score(Xte), {"ranks": [g.tolist() for g in m.group_ranks_],
+                              "shrinkage": m.shrinkage_}
 
     def mlr_learn(Xtr, Xte, keep):
         m = MultilevelFactorModel("learn", "auto", levels=levels, max_iter=2000,
                                   random_state=seed).fit(Xtr)
-        return m.score(Xte), {"ranks": list(m.ranks_), "groups": list(m.hierarchy_.n_blocks)}
+        return m.score(Xte), {"ranks": [g.tolist() for g in m.group_ranks_],
+                              "groups": list(m.hierarchy_.n_blocks), "shrinkage": m.shrinkage_}
 
     def fa_cv(Xtr, Xte, keep):
         n = Xtr.shape[1]

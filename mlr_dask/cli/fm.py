@@ -29,6 +29,19 @@ def _ints(text: str) -> list[int]:
             from None
 
 
+def _shrinkage(text: str) -> Any:
+    """``auto`` or a number in [0, 1)."""
+    if text.strip() == "auto":
+        return "auto"
+    try:
+        a = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a number, got {text!r}") from None
+    if not 0.0 <= a < 1.0:
+        raise argparse.ArgumentTypeError(f"--shrinkage must lie in [0, 1), got {a}")
+    return a
+
+
 def _ranks(text: str) -> Any:
     """``auto``, or one entry per factor level separated by commas, each an int or the ranks of
     the level's groups separated by ``/`` (e.g. ``3,2`` or ``3,2/1/2``)."""
@@ -74,7 +87,10 @@ def register(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="fit on features scaled by their train std (results in original units)")
     p.add_argument("--learn", type=int, default=None, metavar="L",
                    help="learn a hierarchy of L factor levels from the training correlations "
-                   "(xarray store)")
+                   "(a data store or an xarray store)")
+    p.add_argument("--shrinkage", type=_shrinkage, default=None, metavar="A",
+                   help="shrink the correlations by 1 - A (A in [0, 1)) or 'auto' (by "
+                   "cross-validation); default: auto with --ranks auto, else 0")
     p.add_argument("--checkpoint-every", type=int, default=0, metavar="K",
                    help="checkpoint into the output store every K iterations")
     p.add_argument("--resume", action="store_true", help="resume from the output's checkpoint")
@@ -125,7 +141,9 @@ def _open_input(args: argparse.Namespace) -> tuple[Any, Any]:
     """(data, hierarchy) for the model: a store path, or an xarray DataArray with --levels."""
     if not store_exists(args.data):
         raise InputError(f"no such data store: {args.data!r}")
-    if not args.levels and args.learn is None:
+    from mlr_dask.io import store_kind
+
+    if not args.levels and (args.learn is None or store_kind(args.data) == "fm-data"):
         return args.data, None
     return _xarray_variable(args.data, args.array), args.levels
 
@@ -170,8 +188,8 @@ def run_fit_fm(args: argparse.Namespace) -> dict[str, Any]:
     model = MultilevelFactorModel(hier, args.ranks, levels=args.learn, max_iter=args.max_iter,
                                   tol=args.tol, init=args.init, random_state=args.seed,
                                   assume_centered=args.centered, standardize=args.standardize,
-                                  chunk_size=args.chunk_size)
-    array = None if (args.levels or learn) else args.array
+                                  chunk_size=args.chunk_size, shrinkage=args.shrinkage)
+    array = args.array if isinstance(data, str) else None
     if not learn and args.ranks != "auto":
         model.prepare(data, array=array)  # all checks, no work
     else:
@@ -217,6 +235,7 @@ def run_fit_fm(args: argparse.Namespace) -> dict[str, Any]:
         "ranks": list(model.ranks_),
         "group_ranks": [g.tolist() for g in model.group_ranks_],
         "rank_caps": model.rank_caps_,
+        "shrinkage": model.shrinkage_,
         "n_groups": list(model.hierarchy_.n_blocks),
         "passes": model.n_passes_,
         "log": str(log_path),

@@ -74,12 +74,22 @@ class MultilevelFactorModel(TransformerMixin, BaseEstimator):
         the fitted parameters, scores and samples are in the original units (the
         log-likelihood includes the Jacobian ``-sum log scale_``).
     chunk_size : features per chunk (whole leaves); default from 64 MiB per chunk.
+    shrinkage : ``a`` in [0, 1): fit the model to the sample covariance with its correlations
+        shrunk by ``1 - a``, ``(1 - a) S + a diag(S)`` (a penalized likelihood, the posterior
+        mode under an inverse-Wishart-type prior; :mod:`mlr_dask.fm.moments`); ``"auto"``:
+        chosen by K-fold held-out log-likelihood (:func:`mlr_dask.fm.select.auto_ranks`);
+        ``None`` (default): ``"auto"`` with ``ranks="auto"``, else 0 (maximum likelihood).
+        A fit with ``a > 0`` needs complete data; it forms S (n x n) in one pass (on the
+        cluster for dask inputs, O(N n^2)) and runs the EM on n rows with covariance ``S_a``
+        (O(n^2 R) per iteration), so it suits up to a few thousand features.
 
     Attributes (after ``fit``)
     ----------
     hierarchy_ : Hierarchy of the factor levels; ranks_ : loading columns of each level (the
         largest rank of its groups, at least 1); group_ranks_ : per level the rank of each
-        group (0: no factor); rank_trials_ : the trials of ``ranks="auto"``; rank_caps_ : the groups
+        group (0: no factor); rank_trials_ : the trials of ``ranks="auto"`` or
+        ``shrinkage="auto"``; shrinkage_ : the shrinkage used; search_seconds_ : time of that
+        search; rank_caps_ : the groups
         whose rank was lowered to their size (dicts ``level, group, size, requested, rank``).
     loadings_ : (n_features, R) compressed loadings in original feature order: row j holds the
         loadings of j's group at every level (columns ``offsets_[l]:offsets_[l+1]``; columns
@@ -118,6 +128,7 @@ class MultilevelFactorModel(TransformerMixin, BaseEstimator):
         assume_centered: bool = False,
         standardize: bool = False,
         chunk_size: int | None = None,
+        shrinkage: float | str | None = None,
     ) -> None:
         self.hierarchy = hierarchy
         self.ranks = ranks
@@ -129,6 +140,7 @@ class MultilevelFactorModel(TransformerMixin, BaseEstimator):
         self.assume_centered = assume_centered
         self.standardize = standardize
         self.chunk_size = chunk_size
+        self.shrinkage = shrinkage
 
     def __sklearn_tags__(self):  # noqa: ANN204
         tags = super().__sklearn_tags__()
@@ -156,6 +168,10 @@ class MultilevelFactorModel(TransformerMixin, BaseEstimator):
             raise InputError("levels= is only used with hierarchy='learn'")
         if isinstance(self.ranks, str) and self.ranks != "auto":
             raise InputError(f"ranks must be ints, per-group lists or 'auto', got {self.ranks!r}")
+        a = self.shrinkage
+        if not (a is None or (isinstance(a, str) and a == "auto") or (
+                isinstance(a, int | float | np.floating | np.integer) and 0.0 <= float(a) < 1.0)):
+            raise InputError(f"shrinkage must be a number in [0, 1), 'auto' or None, got {a!r}")
 
     def _chunks(self, tree: FactorTree, n_samples: int) -> np.ndarray:
         size = self.chunk_size or max(1, CHUNK_BYTES // (8 * max(n_samples, 1)))
@@ -233,32 +249,90 @@ class MultilevelFactorModel(TransformerMixin, BaseEstimator):
                                           standardize=bool(self.standardize))
         self.learn_seconds_ = time.perf_counter() - t0
         ranks = self.ranks
+        alpha = self.shrinkage
+        if alpha is None:
+            alpha = "auto" if isinstance(ranks, str) else 0.0
         self.rank_trials_ = None
-        if isinstance(ranks, str):  # "auto"
-            ranks, self.rank_trials_ = select.auto_ranks(self, Y, hier, array=array)
-        self._fit_fixed(Y, hier, ranks, labels, array=array, checkpoint=checkpoint,
-                        checkpoint_every=checkpoint_every, resume=resume, callback=callback)
+        t1 = time.perf_counter()
+        if isinstance(ranks, str) or alpha == "auto":
+            ranks, alpha, self.rank_trials_ = select.auto_ranks(
+                self, Y, hier, array=array, ranks=None if isinstance(ranks, str) else ranks,
+                shrinkage=None if alpha == "auto" else float(alpha))
+        self.shrinkage_ = float(alpha)
+        self.search_seconds_ = time.perf_counter() - t1
+        if self.shrinkage_ > 0:
+            self._fit_shrunk(Y, hier, ranks, labels, array=array, checkpoint=checkpoint,
+                             callback=callback)
+        else:
+            self._fit_fixed(Y, hier, ranks, labels, array=array, checkpoint=checkpoint,
+                            checkpoint_every=checkpoint_every, resume=resume, callback=callback)
         return self
+
+    def _fit_shrunk(self, Y: Any, hier: Any, ranks: Any, labels: FeatureLabels | None, *,
+                    array: str | None, checkpoint: Any,
+                    callback: Callable[[dict], None] | None) -> None:
+        """The fit with shrinkage ``self.shrinkage_ > 0``: S and the mean in one pass, then the
+        EM on the n equivalent rows of ``shrink(S)`` (:mod:`mlr_dask.fm.moments`), in the units
+        of the standardized features with ``standardize``; parameters and log-likelihoods are
+        reported in the units of Y (the log-likelihoods are those of ``S_a``, the fitted
+        objective)."""
+        from mlr_dask.fm import moments as mom
+
+        if checkpoint is not None:
+            raise InputError("checkpoints are not supported with shrinkage > 0")
+        if isinstance(Y, str | os.PathLike):
+            from mlr_dask.fm.inputs import open_data
+
+            Ym, h_store, _ = open_data(Y, array)
+            hier = h_store if hier is None else hier
+        elif is_dataarray(Y):
+            Ym = Y.transpose("sample", "feature").data
+        else:
+            Ym = Y
+        if not type(Ym).__module__.startswith("dask") and np.isnan(np.asarray(Ym)).any():
+            raise InputError("shrinkage > 0 needs complete data (Y contains NaN)")
+        S, mean, N = mom.moments(Ym, centre=not self.assume_centered)
+        sd = np.sqrt(np.diag(S))
+        em.check_variances(mean, np.diag(S) * N, N)
+        scale = sd if self.standardize else None
+        Sw = S / np.outer(sd, sd) if scale is not None else S
+        X = mom.equivalent_rows(mom.shrink(Sw, self.shrinkage_))
+        Xin: Any = X
+        if is_dataarray(Y):  # keep the feature coordinates (level labels)
+            import xarray as xr
+
+            Xin = xr.DataArray(X, dims=("sample", "feature"), coords={
+                c: v for c, v in Y.coords.items() if v.dims == ("feature",)})
+        self._fit_fixed(Xin, hier, ranks, labels, array=None, checkpoint=None,
+                        checkpoint_every=0, resume=False, callback=callback,
+                        equivalent=(mean, scale, N))
 
     def _fit_fixed(self, Y: Any, hier: Any, ranks: Any, labels: FeatureLabels | None, *,
                    array: str | None, checkpoint: Any, checkpoint_every: int, resume: bool,
                    callback: Callable[[dict], None] | None,
                    start: tuple[np.ndarray, np.ndarray] | None = None,
-                   publish: bool = True) -> None:
+                   publish: bool = True,
+                   equivalent: tuple[np.ndarray, np.ndarray | None, int] | None = None) -> None:
         """The fit for a given hierarchy and ranks; ``start`` optional ``(F, D)`` in
-        original order (a warm start); ``publish``: an ``"em"`` event per iteration."""
+        original order (a warm start); ``publish``: an ``"em"`` event per iteration;
+        ``equivalent = (mean, scale, N)`` (original order; ``scale`` or None): Y holds rows
+        with the (shrunk) covariance of N samples of that mean, divided by ``scale``
+        (:meth:`_fit_shrunk`)."""
         from mlr_dask.fm import checkpoint as cp
 
+        t_fit = time.perf_counter()
         data = as_feature_data(Y, hier, array=array, allow_nan=True)
         tree, caps = make_tree(data.hierarchy, ranks)
         N = data.shape[0]
         h = tree.hierarchy
         names = (labels.feature if labels is not None and labels.feature is not None
                  else np.arange(tree.n))[h.perm]
-        centre = not self.assume_centered
+        centre = not self.assume_centered and equivalent is None
         missing = not data.is_dask and bool(np.isnan(data.Y).any())
         scale_h = None
-        if self.standardize:
+        if equivalent is not None:
+            scale_h = None if equivalent[1] is None else equivalent[1][h.perm]
+        elif self.standardize:
             scale_h = _feature_std(data)
             data = FeatureData(data.Y / scale_h, data.hierarchy, data.is_dask, data.source)
         meta = {"ranks": list(tree.ranks), "n_features": tree.n, "n_samples": N,
@@ -327,6 +401,9 @@ class MultilevelFactorModel(TransformerMixin, BaseEstimator):
         if scale_h is not None:
             state = _unscale(state, scale_h)
             chol = None
+        if equivalent is not None:
+            state = replace(state, mean=np.asarray(equivalent[0], dtype=np.float64)[h.perm])
+            N = int(equivalent[2])
         self.iter_seconds_ = times
         self.converged_ = bool(done)
         self.n_passes_ = getattr(runner, "passes", None)
@@ -336,6 +413,7 @@ class MultilevelFactorModel(TransformerMixin, BaseEstimator):
         self.scale_ = None if scale_h is None else self._to_original(scale_h)
         self.rank_caps_ = list(caps)
         self._chol = chol
+        self.fit_seconds_ = time.perf_counter() - t_fit
         if not done and max_iter > 0 and state.n_iter >= max_iter:
             warnings.warn(
                 f"EM stopped at max_iter={max_iter} before reaching tol={self.tol:g} (last "
@@ -678,13 +756,16 @@ class MultilevelFactorModel(TransformerMixin, BaseEstimator):
                 "converged": bool(getattr(self, "converged_", False)),
                 "group_ranks": [g_.tolist() for g_ in self._tree.group_ranks],
                 "scale": None if self.scale_ is None else [float(x) for x in self.scale_],
+                "shrinkage": float(getattr(self, "shrinkage_", 0.0)),
                 "labels": None if lab is None else lab.to_json(),
                 "params": {"max_iter": int(self.max_iter), "tol": float(self.tol),
                            "init": self.init, "assume_centered": bool(self.assume_centered),
                            "standardize": bool(self.standardize),
                            "hierarchy": None if hier is None else
                            (hier if isinstance(hier, str) else list(hier)),
-                           "levels": self.levels, "ranks": _jsonable_ranks(self.ranks)},
+                           "levels": self.levels, "ranks": _jsonable_ranks(self.ranks),
+                           "shrinkage": self.shrinkage if self.shrinkage is None or
+                           isinstance(self.shrinkage, str) else float(self.shrinkage)},
             })
 
     @classmethod
@@ -704,7 +785,8 @@ class MultilevelFactorModel(TransformerMixin, BaseEstimator):
                         max_iter=params.get("max_iter", MAX_ITER),
                         tol=params.get("tol", TOL), init=params.get("init", "svd"),
                         assume_centered=params.get("assume_centered", False),
-                        standardize=params.get("standardize", False))
+                        standardize=params.get("standardize", False),
+                        shrinkage=float(a.get("shrinkage", 0.0)))
             state = em.FMState.from_F(np.asarray(g["F"][:]), D=np.asarray(g["D"][:]),
                                mean=np.asarray(g["mean"][:]), n_iter=int(a.get("n_iter", 0)),
                                loglike=tuple(a.get("loglike", ())),
@@ -719,6 +801,7 @@ class MultilevelFactorModel(TransformerMixin, BaseEstimator):
         model.converged_ = bool(a.get("converged", False))
         sc = a.get("scale")
         model.scale_ = None if sc is None else np.asarray(sc, dtype=np.float64)
+        model.shrinkage_ = float(a.get("shrinkage", 0.0))
         model.rank_caps_ = []
         return model
 
@@ -741,6 +824,7 @@ class MultilevelFactorModel(TransformerMixin, BaseEstimator):
         model = cls(hf, ranks)
         model._set_state(tree, em.FMState.from_F(tree.apply_mask(F[p]), D=D[p], mean=m[p]), 0)
         model.scale_ = None
+        model.shrinkage_ = 0.0
         model.rank_caps_ = []
         return model
 

@@ -9,18 +9,37 @@ the group allows it), ``levels - 1`` times. Correlated features land in the same
 dask input ``C`` is computed on the cluster (one pass); the splits run on the driver. Cost
 O(N n^2) for ``C`` plus the eigenvectors of each group's block.
 
-*Ranks.* Greedy, like the MLR rank allocation: starting from rank 1 at the root and 0 below,
-each round tries one more factor at every level (each group's rank capped at its size), each
-trial an EM warm-started from the current parameters (the new factor starts small and random),
-and takes the move with the best log-likelihood on a validation split (``VALIDATION`` of the
-samples, drawn with ``random_state``); it stops after ``PATIENCE + 1`` rounds in a row that do
-not raise the best score by more than ``MIN_GAIN`` nats per sample, and returns the best ranks
-seen. The held-out likelihood is used rather than an information
-criterion because the loadings of a multilevel model are not all identifiable (rotations within
-groups, a group's factor against its parent's), which makes the parameter count of AIC/BIC
-ambiguous, while the held-out likelihood measures the generalization the model is chosen for.
-With a distributed client active the trials of a round run as futures. Ranks per group are not
-searched (a level's rank applies to all its groups, capped by their sizes).
+*Ranks and shrinkage.* Chosen by the held-out log-likelihood of ``FOLDS``-fold
+cross-validation (the samples split at random, seeded by ``random_state``; the score of a
+choice is the held-out log-likelihood per sample over all folds), then the model is refitted
+on all the data with the choice. Greedy, like the MLR rank allocation, from rank 1 at the root
+and 0 below, in two phases:
+
+1. at the shrinkage ``SHRINKAGE_START``, each round tries one factor more, half the current
+   rank more and one factor less at every level (each group's rank capped at its size), each
+   trial an EM per fold warm-started from the current parameters of that fold (a new factor
+   starts small and random), and takes the best move not tried before; it stops after
+   ``PATIENCE + 1`` rounds in a row that do not raise the best score by more than
+   ``MIN_GAIN`` nats per sample, and goes back to the best choice seen. With the shrinkage
+   searched, every value of ``SHRINKAGE_GRID`` is then tried at those ranks (see
+   ``UNANIMOUS``) and the level rounds run again at the chosen value;
+2. per group (levels of several groups): every group's rank one up and one down; when some
+   moves pay, the best one is taken, or all the paying ones together when that scores better;
+   at most ``GROUP_ROUNDS`` rounds.
+
+The held-out likelihood is used rather than an information criterion because the loadings of
+a multilevel model are not all identifiable (rotations within groups, a group's factor
+against its parent's), which makes the parameter count of AIC/BIC ambiguous, while the
+held-out likelihood measures the generalization the model is chosen for. Cross-validation
+rather than one validation split because the choice of a single split varies from split to
+split. With complete data the search never touches the samples again after one pass: each
+fold is held as n rows with the fold's training covariance (standardized, then shrunk) and n
+rows with its held-out covariance about the training mean (:mod:`mlr_dask.fm.moments`), so
+one trial costs O(n^2 R) per EM iteration whatever N, and a dask input or data store is read
+once on the cluster; with missing values the folds are the samples themselves (no shrinkage).
+With a distributed client active the trials of a round (every candidate and fold) run as
+futures. Cost: rounds x candidates x ``FOLDS`` warm EM fits of at most ``TRIAL_ITER``
+iterations; phase 2 has two candidates per group.
 """
 
 from __future__ import annotations
@@ -33,20 +52,38 @@ import numpy as np
 from mlr_dask.errors import InputError
 from mlr_dask.hierarchy import Hierarchy
 
-__all__ = ["learn_hierarchy", "auto_ranks", "VALIDATION", "MIN_GAIN", "MIN_GROUP"]
+__all__ = ["learn_hierarchy", "auto_ranks", "FOLDS", "SHRINKAGE_GRID", "MIN_GAIN", "MIN_GROUP"]
 
-#: Fraction of the samples held out to choose the ranks.
-VALIDATION = 0.25
+#: Folds of the cross-validation of ``ranks="auto"`` and ``shrinkage="auto"``.
+FOLDS = 3
+#: Values of the shrinkage tried, all at once at the best ranks of the first level phase (from
+#: ``SHRINKAGE_START``). Log-spaced: on nearly collinear features (correlations near 1) even
+#: 1e-3 costs likelihood, while on noisy ones 0.05 or more pays.
+SHRINKAGE_GRID = (0.0, 1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4)
+SHRINKAGE_START = 0.02
+#: One-standard-error rule: a shrinkage is only chosen over none when its mean gain over the
+#: folds exceeds the standard error of that gain. The held-out likelihood of a few samples is
+#: heavy tailed, and one fold holding a few outlying samples can favour a shrinkage that costs
+#: likelihood on typical data.
+ONE_SE = True
+#: Rounds of per-group moves after the per-level search.
+GROUP_ROUNDS = 1
+#: A feature's variance in a training fold is floored at this fraction of its overall one (a
+#: feature nearly constant in a fold, such as a rarely lit pixel, would otherwise get a tiny
+#: noise variance there and its held-out values would swamp the score of every choice).
+FOLD_VAR_FLOOR = 0.5
 #: Smallest gain of the held-out log-likelihood per sample for a rank move to be kept.
-MIN_GAIN = 1e-3
+MIN_GAIN = 1e-2
 #: Smallest group a learned split creates (when the group allows it).
 MIN_GROUP = 2
 #: EM iterations of each warm-started rank trial.
-TRIAL_ITER = 300
-#: Trials start from the current parameters (else from the SVD start).
-WARM = True
-#: Each round also tries adding half the level's current rank (escapes plateaus).
-BIG_MOVES = True
+TRIAL_ITER = 200
+#: EM iterations of each trial of the dense EM (cheaper iterations).
+DENSE_TRIAL_ITER = 500
+#: Relative tolerance of the trials of the dense EM (at most the model's ``tol``): the EM on
+#: nearly collinear features creeps, so a loose tolerance stops the larger models' trials
+#: early and biases the search towards small ranks.
+TRIAL_TOL = 1e-7
 #: Rounds without a gain the search goes on for before it stops (noise in the validation score
 #: can hide a gain one move further); the best ranks seen are returned.
 PATIENCE = 2
@@ -54,14 +91,19 @@ PATIENCE = 2
 MAX_ROUNDS = 200
 
 
-def _as_matrix(Y: Any, what: str) -> Any:
-    """Numpy or dask (N, n) array in original order from an array, DataArray or dask array."""
+def _as_matrix(Y: Any, array: str | None) -> Any:
+    """Numpy or dask (N, n) array in original order from an array, DataArray, dask array or
+    data-store path (array ``array`` of the store, read lazily)."""
+    import os
+
     from mlr_dask.fm.labels import is_dataarray
 
     if is_dataarray(Y):
         Y = Y.transpose("sample", "feature").data
-    if isinstance(Y, str):
-        raise InputError(f"{what} needs an array or DataArray input, not a store path")
+    if isinstance(Y, str | os.PathLike):
+        from mlr_dask.fm.inputs import open_data
+
+        Y = open_data(Y, array)[0]
     return Y
 
 
@@ -91,8 +133,8 @@ def learn_hierarchy(Y: Any, levels: int, *, array: str | None = None,
     ``standardize`` is accepted for symmetry: correlations are scale free either way."""
     from mlr_dask.fit.partition import split_block
 
-    del array, standardize
-    Y = _as_matrix(Y, "hierarchy='learn'")
+    del standardize
+    Y = _as_matrix(Y, array)
     n = int(Y.shape[1])
     C = correlations(Y)
     rng = np.random.default_rng(seed)
@@ -154,77 +196,306 @@ def _trial(params: dict, h: Hierarchy, spec: list, Ytr: np.ndarray, Yva: np.ndar
     return m.score(Yva), m._state.F.copy(), m._state.D.copy()
 
 
-def auto_ranks(model: Any, Y: Any, hier: Any, *, array: str | None = None
-               ) -> tuple[list[int], list[dict]]:
-    """Greedy ranks per level for ``model``'s settings on Y (module docstring). Returns the
-    ranks (one per factor level, for :func:`mlr_dask.fm.model.make_tree`) and the trials
-    (``ranks``, ``validation`` log-likelihood per sample, ``accepted``)."""
+def _pays(gain: np.ndarray) -> bool:
+    """Whether per-fold gains (K,) have a mean above their standard error."""
+    g = np.asarray(gain, dtype=np.float64)
+    se = float(np.std(g, ddof=1) / np.sqrt(g.size)) if g.size > 1 else 0.0
+    return float(g.mean()) > se
+
+
+def _level_max(spec: list[np.ndarray]) -> list[int]:
+    return [int(g.max()) for g in spec]
+
+
+def _key(spec: list[np.ndarray], alpha: float) -> tuple:
+    return (tuple(tuple(int(x) for x in g) for g in spec), float(alpha))
+
+
+class _Folds:
+    """The K folds of the search: per fold the training rows (per shrinkage, cached) and the
+    validation rows, and the constant of the validation score (Jacobian of the fold's
+    standardization); ``route`` is ``"moments"`` (complete data: n equivalent rows per fold,
+    :mod:`mlr_dask.fm.moments`) or ``"rows"`` (missing values: the samples themselves)."""
+
+    def __init__(self, model: Any, data: Any, folds: int, seed: int) -> None:
+        from mlr_dask.fm import moments as mom
+
+        self.centre = not model.assume_centered
+        Y = data.Y
+        N = int(Y.shape[0])
+        if N < 2 * folds:
+            raise InputError(f"ranks='auto' needs at least {2 * folds} samples, got {N}")
+        self.missing = not data.is_dask and bool(np.isnan(np.asarray(Y)).any())
+        self.K = folds
+        if self.missing:
+            self.route = "rows"
+            fid = mom._fold_of_samples(N, folds, seed)
+            Yn = np.asarray(Y, dtype=np.float64)
+            self.tr = [Yn[fid != k] for k in range(folds)]
+            self.va = [Yn[fid == k] for k in range(folds)]
+            self.weight = np.array([float(np.sum(fid == k)) for k in range(folds)])
+            self.jac = np.zeros(folds)
+            return
+        from mlr_dask.fm.dense import DENSE_MAX_FEATURES
+
+        self.route = "dense" if int(Y.shape[1]) <= DENSE_MAX_FEATURES else "moments"
+        fm = mom.fold_moments(Y, folds, seed=seed, centre=self.centre)
+        zero = None if self.centre else np.zeros(fm.shift.size)
+        S_all, _, _ = fm.covariance(list(range(folds)), zero)
+        floor = FOLD_VAR_FLOOR * np.diag(S_all)
+        self.S_tr, self.va, self.jac, self.weight = [], [], np.zeros(folds), np.zeros(folds)
+        for k in range(folds):
+            others = [i for i in range(folds) if i != k]
+            S_tr, mu_tr, _ = fm.covariance(others, zero)
+            S_va, _, m_va = fm.covariance([k], mu_tr if self.centre else zero)
+            d = np.sqrt(np.maximum(np.diag(S_tr), floor))
+            d = np.where(d > 0, d, 1.0)
+            S_tr = S_tr / np.outer(d, d)
+            S_tr[np.diag_indices_from(S_tr)] = np.where(floor > 0, 1.0, 0.0)  # floored
+            self.S_tr.append(S_tr)
+            S_va = S_va / np.outer(d, d)
+            self.va.append(S_va if self.route == "dense" else mom.equivalent_rows(S_va))
+            self.jac[k] = float(np.log(d).sum())
+            self.weight[k] = m_va
+        self._rows: dict[float, list[np.ndarray]] = {}
+
+    def train(self, alpha: float) -> list[np.ndarray]:
+        from mlr_dask.fm import moments as mom
+
+        if self.route == "rows":
+            return self.tr
+        if alpha not in self._rows:
+            self._rows[alpha] = [mom.shrink(S, alpha) if self.route == "dense" else
+                                 mom.equivalent_rows(mom.shrink(S, alpha)) for S in self.S_tr]
+        return self._rows[alpha]
+
+    def params(self, model: Any) -> dict:
+        if self.route == "dense":
+            return {"dense": True, "max_iter": min(DENSE_TRIAL_ITER, int(model.max_iter)),
+                    "tol": min(float(model.tol), TRIAL_TOL)}
+        p = {"max_iter": min(TRIAL_ITER, int(model.max_iter)), "tol": float(model.tol),
+             "init": model.init, "random_state": model.random_state,
+             "chunk_size": model.chunk_size, "shrinkage": 0.0}
+        if self.route == "rows":
+            p.update(assume_centered=model.assume_centered, standardize=model.standardize)
+        else:
+            p.update(assume_centered=True, standardize=False)
+        return p
+
+
+def _trial(params: dict, h: Hierarchy, spec: list, Xtr: np.ndarray, Xva: np.ndarray,
+           start: tuple[np.ndarray, np.ndarray] | None) -> tuple[float, np.ndarray, np.ndarray]:
+    """Fit ``spec`` on the training rows Xtr (hierarchy order, identity-perm ``h``) from
+    ``start`` (F, D) or the SVD start; returns (validation log-likelihood per sample of Xva,
+    F, D). With ``params["dense"]``, Xtr and Xva are covariances (n, n) and the fit is the
+    dense EM (:mod:`mlr_dask.fm.dense`)."""
+    from sklearn.exceptions import ConvergenceWarning
+
+    if params.get("dense"):
+        from mlr_dask.fm.dense import DenseEM
+        from mlr_dask.fm.model import make_tree
+
+        em = DenseEM(make_tree(h, spec)[0], Xtr)
+        F, D = em.start() if start is None else start
+        F, D, _ = em.fit(F, D, max_iter=params["max_iter"], tol=params["tol"])
+        return em.loglike(F, D, Xva), F, D
+
+    from mlr_dask.fm.model import MultilevelFactorModel
+
+    m = MultilevelFactorModel(h, spec, **params)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        m._fit_fixed(Xtr, h, spec, None, array=None, checkpoint=None, checkpoint_every=0,
+                     resume=False, callback=None, start=start, publish=False)
+    return m.score(Xva), m._state.F.copy(), m._state.D.copy()
+
+
+def auto_ranks(model: Any, Y: Any, hier: Any, *, array: str | None = None,
+               ranks: Any = None, shrinkage: float | None = None
+               ) -> tuple[list[list[int]], float, list[dict]]:
+    """Greedy ranks (per level, then per group) and shrinkage for ``model``'s settings on Y
+    (module docstring); ``ranks`` given: only the shrinkage is searched; ``shrinkage`` given:
+    only the ranks. Returns the ranks (per level the rank of each group, for
+    :func:`mlr_dask.fm.model.make_tree`), the shrinkage and the trials (dicts ``ranks`` (the
+    level ranks), ``group_ranks``, ``shrinkage``, ``move``, ``validation`` (mean held-out
+    log-likelihood per sample over the folds), ``accepted`` (the move taken in its round)).
+    Y: array, dask array, DataArray or data-store path (``array``)."""
     from mlr_dask import events
     from mlr_dask.fm.dask import _client
     from mlr_dask.fm.inputs import as_feature_data
     from mlr_dask.fm.model import make_tree
 
-    if isinstance(Y, str):
-        raise InputError("ranks='auto' needs an array or DataArray input, not a store path")
     data = as_feature_data(Y, hier, array=array, allow_nan=True)
-    if data.is_dask:
-        Yh = np.asarray(data.Y.compute(), dtype=np.float64)
-    else:
-        Yh = np.asarray(data.Y, dtype=np.float64)
-    N = Yh.shape[0]
-    n_va = int(round(VALIDATION * N))
-    if n_va < 2 or N - n_va < 2:
-        raise InputError(f"ranks='auto' needs more samples than {N}")
     hh = data.hierarchy
     h = Hierarchy(hh.boundaries, level_names=hh.level_names)  # hierarchy order: identity
     n_factor = h.n_levels - 1 if (h.has_atoms and h.n_levels > 1) else h.n_levels
-    rng = np.random.default_rng(model.random_state)
-    idx = rng.permutation(N)
-    Yva, Ytr = Yh[idx[:n_va]], Yh[idx[n_va:]]
-    params = {"max_iter": min(TRIAL_ITER, int(model.max_iter)), "tol": float(model.tol),
-              "init": model.init, "random_state": model.random_state,
-              "assume_centered": model.assume_centered, "standardize": model.standardize,
-              "chunk_size": model.chunk_size}
-    spec = [1] + [0] * (n_factor - 1)
-    best, F, D = _trial(params, h, spec, Ytr, Yva, None)
-    tree = make_tree(h, spec)[0]
-    trials = [{"ranks": list(spec), "validation": best, "accepted": True}]
-    best_seen, best_spec, stale = best, list(spec), 0
+    seed = 0 if model.random_state is None else int(model.random_state)
+    folds = _Folds(model, data, FOLDS, seed)
+    if folds.missing and shrinkage not in (None, 0.0):
+        raise InputError("shrinkage > 0 needs complete data (Y contains NaN)")
+    grid = (0.0,) if folds.missing else SHRINKAGE_GRID
+    search_alpha = shrinkage is None and len(grid) > 1
+    alpha = (SHRINKAGE_START if search_alpha else 0.0) if shrinkage is None else float(shrinkage)
+    params = folds.params(model)
+    hf = make_tree(h, [1] * n_factor)[0].hierarchy
+    sizes = [hf.block_sizes(lvl).astype(np.int64) for lvl in range(n_factor)]
+    search_ranks = ranks is None
+    if search_ranks:
+        spec = [np.minimum(np.full(s.size, 1 if lvl == 0 else 0), s)
+                for lvl, s in enumerate(sizes)]
+    else:
+        spec = [np.asarray(g, dtype=np.int64) for g in make_tree(h, ranks)[0].group_ranks]
+    rng = np.random.default_rng(seed)
     client = _client()
-    events.publish("fm-ranks", step=0, total=None, ranks=list(spec), validation=best)
-    for rnd in range(1, MAX_ROUNDS + 1):
+    trials: list[dict] = []
+
+    def evaluate(cands: list[tuple[list, float, list | None, str]]) -> list[tuple]:
+        jobs = [(ci, k) for ci in range(len(cands)) for k in range(folds.K)]
+        args = [(params, h, [g.copy() for g in cands[ci][0]], folds.train(cands[ci][1])[k],
+                 folds.va[k], None if cands[ci][2] is None else cands[ci][2][k])
+                for ci, k in jobs]
+        if client is not None:
+            res = client.gather([client.submit(_trial, *a, pure=False) for a in args])
+        else:
+            res = [_trial(*a) for a in args]
+        out = []
+        for ci in range(len(cands)):
+            rs = res[ci * folds.K:(ci + 1) * folds.K]
+            sc = np.array([r[0] for r in rs]) - folds.jac
+            score = float(np.dot(sc, folds.weight) / folds.weight.sum())
+            out.append((score, [(r[1], r[2]) for r in rs], sc))
+        return out
+
+    def record(cands: list, results: list, taken: int) -> None:
+        for j, (c, r) in enumerate(zip(cands, results, strict=True)):
+            trials.append({"ranks": _level_max(c[0]), "group_ranks": [g.tolist() for g in c[0]],
+                           "shrinkage": float(c[1]), "move": c[3], "validation": float(r[0]),
+                           "folds": [float(x) for x in r[2]],
+                           "accepted": bool(j == taken)})
+
+    def grown(spec2: list, cur: list, states: list) -> list:
+        t_old, t_new = make_tree(h, cur)[0], make_tree(h, spec2)[0]
+        return [(_grow(F, t_old, t_new, D, rng), D) for F, D in states]
+
+    first = [(spec, alpha, None, "start")]
+    res0 = evaluate(first)
+    record(first, res0, 0)
+    cur_score, states = res0[0][:2]
+    best = (cur_score, [g.copy() for g in spec], alpha, states)
+    events.publish("fm-ranks", step=0, total=None, ranks=_level_max(spec), shrinkage=alpha,
+                   validation=cur_score)
+    step = 0
+
+    def level_moves(spec: list, down: bool) -> list[tuple[list, str]]:
+        out = []
+        for lvl in range(n_factor if search_ranks else 0):
+            top = int(spec[lvl].max())
+            for inc in sorted({1, max(1, top // 2)}):
+                s2 = [g.copy() for g in spec]
+                s2[lvl] = np.minimum(np.maximum(spec[lvl], top) + inc, sizes[lvl])
+                if np.array_equal(s2[lvl], spec[lvl]):
+                    continue
+                if not any(_key(x, 0) == _key(s2, 0) for x, _ in out):
+                    out.append((s2, f"level {lvl} +{inc}"))
+            s2 = [g.copy() for g in spec]
+            s2[lvl] = np.maximum(spec[lvl] - 1, 0)
+            if down and top > 0 and any(int(g.max()) > 0 for g in s2):
+                out.append((s2, f"level {lvl} -1"))
+        return out
+
+    def take(cands: list, results: list, k: int) -> None:
+        nonlocal best, step
+        score, st = results[k][:2]
+        step += 1
+        events.publish("fm-ranks", step=step, total=None, ranks=_level_max(cands[k][0]),
+                       shrinkage=cands[k][1], validation=score)
+        if score > best[0] + MIN_GAIN:
+            best = (score, [g.copy() for g in cands[k][0]], cands[k][1], st)
+
+    def level_phase(down: bool) -> None:
+        """Rounds of whole-level moves at the shrinkage of the best choice so far (``down``:
+        also one factor less)."""
+        _, spec, alpha, states = best
+        stale, seen = 0, {_key(spec, alpha)}
+        for _ in range(MAX_ROUNDS):
+            cands = [(s2, alpha, grown(s2, spec, states), mv) for s2, mv in level_moves(spec, down)
+                     if _key(s2, alpha) not in seen]
+            if not cands:
+                return
+            seen.update(_key(c[0], c[1]) for c in cands)
+            results = evaluate(cands)
+            k = int(np.argmax([r[0] for r in results]))
+            record(cands, results, k)
+            before = best[0]
+            take(cands, results, k)
+            spec, states = [g.copy() for g in cands[k][0]], results[k][1]
+            stale = 0 if best[0] > before else stale + 1
+            if stale > PATIENCE:
+                return
+
+    def shrinkage_phase() -> bool:
+        """Every value of the grid at the best ranks; the best one among those that score at
+        least as well as no shrinkage on every fold (see ``ONE_SE``). Returns whether the
+        shrinkage was searched."""
+        nonlocal best, step
+        _, spec, _, states = best
+        if not search_alpha:
+            return False
+        cands = [(spec, a2, states, f"shrinkage {a2:g}") for a2 in grid]
+        results = evaluate(cands)
+        base = results[grid.index(0.0)][2] if (ONE_SE and 0.0 in grid) else None
+        ok = [j for j, r in enumerate(results) if base is None or grid[j] == 0.0
+              or _pays(r[2] - base)]
+        k = max(ok, key=lambda j: results[j][0])
+        record(cands, results, k)
+        best = (results[k][0], [g.copy() for g in spec], grid[k], results[k][1])
+        step += 1
+        events.publish("fm-ranks", step=step, total=None, ranks=_level_max(spec),
+                       shrinkage=grid[k], validation=results[k][0])
+        return True
+
+    # phase 1: whole levels at the starting shrinkage, the shrinkage, whole levels again
+    if search_ranks:
+        level_phase(False)
+    if shrinkage_phase() and search_ranks:
+        level_phase(True)
+    # phase 2: one group at a time (+1 / -1), the levels of several groups
+    for _ in range(GROUP_ROUNDS if search_ranks else 0):
+        score0, spec0, alpha, states0 = best
         cands = []
         for lvl in range(n_factor):
-            for inc in sorted({1, max(1, spec[lvl] // 2)} if BIG_MOVES else {1}):
-                s2 = list(spec)
-                s2[lvl] += inc
-                t2 = make_tree(h, s2)[0]
-                if all(np.array_equal(a, b) for a, b in zip(t2.group_ranks, tree.group_ranks,
-                                                               strict=True)):
-                    continue  # every group of the level is at its cap
-                if any(c[0] == s2 for c in cands):
-                    continue
-                cands.append((s2, t2, (_grow(F, tree, t2, D, rng), D) if WARM else None))
+            if sizes[lvl].size < 2:
+                continue
+            for g in range(sizes[lvl].size):
+                for d in (1, -1):
+                    r2 = int(spec0[lvl][g]) + d
+                    if r2 < 0 or r2 > sizes[lvl][g]:
+                        continue
+                    s2 = [x.copy() for x in spec0]
+                    s2[lvl][g] = r2
+                    if all(int(x.max()) == 0 for x in s2):
+                        continue
+                    cands.append((s2, alpha, grown(s2, spec0, states0),
+                                  f"level {lvl} group {g} {d:+d}"))
         if not cands:
             break
-        if client is not None:
-            futs = [client.submit(_trial, params, h, s2, Ytr, Yva, st, pure=False)
-                    for s2, _, st in cands]
-            results = client.gather(futs)
-        else:
-            results = [_trial(params, h, s2, Ytr, Yva, st) for s2, _, st in cands]
+        results = evaluate(cands)
+        gains = [j for j, r in enumerate(results) if r[0] > score0 + MIN_GAIN]
         k = int(np.argmax([r[0] for r in results]))
-        gain = results[k][0] > best_seen + MIN_GAIN
-        for j, ((s2, _, _), r) in enumerate(zip(cands, results, strict=True)):
-            trials.append({"ranks": list(s2), "validation": float(r[0]),
-                           "accepted": bool(j == k)})
-        cur, F, D = results[k]
-        spec, tree = cands[k][0], cands[k][1]
-        events.publish("fm-ranks", step=rnd, total=None, ranks=list(spec), validation=cur)
-        if gain:
-            best_seen, best_spec, stale = cur, list(spec), 0
-        else:
-            stale += 1
-            if stale > PATIENCE:
-                break
-    return best_spec, trials
+        record(cands, results, k if gains else -1)
+        if not gains:
+            break
+        take(cands, results, k)
+        if len(gains) > 1:  # all the paying moves together
+            comb = [x.copy() for x in spec0]
+            for j in gains:
+                for lvl in range(n_factor):
+                    ch = cands[j][0][lvl] != spec0[lvl]
+                    comb[lvl][ch] = cands[j][0][lvl][ch]
+            c2 = [(comb, alpha, grown(comb, spec0, states0), "paying group moves together")]
+            r2 = evaluate(c2)
+            record(c2, r2, 0 if r2[0][0] > best[0] else -1)
+            if r2[0][0] > best[0]:
+                take(c2, r2, 0)
+    _, spec, alpha, _ = best
+    return [g.tolist() for g in spec], float(alpha), trials

@@ -72,14 +72,49 @@ def test_auto_ranks_greedy_by_held_out_likelihood():
     trials = m.rank_trials_
     taken = [t for t in trials if t["accepted"]]  # the move taken in each round
     best = max(taken, key=lambda t: t["validation"])
-    assert list(best["ranks"]) == [int(g.max()) for g in m.group_ranks_]
-    # the search went on PATIENCE rounds past its last gain, then stopped
-    after = taken[taken.index(best) + 1:]
-    assert 1 <= len(after) <= select.PATIENCE + 1
+    # the model is refitted on all the data with the best choice seen
+    assert best["group_ranks"] == [g.tolist() for g in m.group_ranks_]
+    assert best["shrinkage"] == m.shrinkage_
+    assert all(t["validation"] <= best["validation"] + select.MIN_GAIN for t in trials
+               if t["shrinkage"] == best["shrinkage"])
     # the truth has one global factor, two pair factors (no level of their own here: the
     # root takes them) and one factor per block
     assert m.ranks_[1] == 1 and m.ranks_[0] >= 1
     assert any(not t["accepted"] for t in trials)  # it stopped when no move paid
+    moves = {t["move"].split()[0] for t in trials}
+    assert {"start", "level", "shrinkage"} <= moves
+    assert any("group" in t["move"] for t in trials)  # per-group moves were tried
+
+
+def test_auto_ranks_per_group_where_it_pays():
+    """Four groups of 8 features: the first has three factors of its own, the others one; the
+    per-group phase gives the first group more factors than the other groups of its level."""
+    rng = np.random.default_rng(4)
+    N, sizes = 300, (8, 8, 8, 8)
+    n = sum(sizes)
+    Y = 0.6 * rng.standard_normal((N, 1)) @ rng.standard_normal((1, n))
+    starts = np.cumsum((0, *sizes))
+    for k in range(4):
+        a, b = starts[k], starts[k + 1]
+        r = 3 if k == 0 else 1
+        Y[:, a:b] += rng.standard_normal((N, r)) @ rng.standard_normal((r, b - a))
+    Y += 0.5 * rng.standard_normal((N, n))
+    block = np.repeat(np.arange(4), sizes)
+    h = Hierarchy.from_labels([block])
+    m = MultilevelFactorModel(h, "auto", max_iter=500, random_state=0).fit(Y)
+    g = m.group_ranks_[1]
+    assert g[0] > g[1:].max(), m.group_ranks_
+    assert any("group" in t["move"] and t["accepted"] for t in m.rank_trials_)
+
+
+def test_auto_ranks_choice_is_stable_across_fold_draws():
+    Y, block = _blocks(seed=1, N=400)
+    h = Hierarchy.from_labels([block])
+    choices = set()
+    for seed in range(3):
+        m = MultilevelFactorModel(h, "auto", max_iter=200, random_state=seed).fit(Y)
+        choices.add((tuple(m.ranks_), tuple(m.group_ranks_[1].tolist())))
+    assert len(choices) == 1, choices
 
 
 def test_auto_ranks_trials_as_futures_give_the_same_choice():
@@ -103,3 +138,22 @@ def test_correlations_on_dask_and_with_nan_match_numpy():
     Yn[3, 4] = np.nan
     Cn = select.correlations(Yn)
     assert np.all(np.isfinite(Cn)) and np.allclose(np.diag(Cn), 1.0)
+
+
+def test_learn_and_auto_from_a_data_store_path(tmp_path):
+    from mlr_dask.fm.data import generate_fm, write_fm
+
+    prob = generate_fm(60, 300, 3, ranks=[2, 1], points=[2, 3])
+    path = tmp_path / "fm.zarr"
+    write_fm(path, prob)
+    h = select.learn_hierarchy(str(path), 2)
+    assert h == select.learn_hierarchy(prob.Y, 2)
+    a = MultilevelFactorModel(None, "auto", max_iter=100, random_state=0).fit(str(path))
+    b = MultilevelFactorModel(prob.hierarchy, "auto", max_iter=100, random_state=0).fit(prob.Y)
+    assert a.ranks_ == b.ranks_ and a.shrinkage_ == b.shrinkage_
+    assert [t["validation"] for t in a.rank_trials_] == pytest.approx(
+        [t["validation"] for t in b.rank_trials_], rel=1e-6)
+    assert a.score(prob.Y) == pytest.approx(b.score(prob.Y), rel=1e-6)
+    c = MultilevelFactorModel("learn", "auto", levels=2, max_iter=100,
+                              random_state=0).fit(str(path))
+    assert c.hierarchy_.n_blocks[0] == 1 and c.hierarchy_.n_levels == 2
