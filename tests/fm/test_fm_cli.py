@@ -256,3 +256,25 @@ def test_fit_xarray_store_learn_auto_standardize(tmp_path, capsys):
                             capsys)
     assert code == 0, err
     assert json.loads(stdout)["score"] == pytest.approx(m.score(Y), rel=1e-10)
+
+
+def test_fit_data_store_learn_with_shrinkage(tmp_path, capsys):
+    from mlr_dask.fm.data import generate_fm, write_fm
+
+    prob = generate_fm(40, 150, 5, ranks=[2, 1], points=[2, 3])
+    data = tmp_path / "fm.zarr"
+    write_fm(data, prob)
+    out = tmp_path / "m.zarr"
+    code, stdout, err = run(["fit-fm", str(data), "--learn", "2", "--ranks", "2,1",
+                             "--shrinkage", "0.05", "--out", str(out), "--scheduler", "threads",
+                             "--json", "--quiet"], capsys)
+    assert code == 0, err
+    res = json.loads(stdout)
+    assert res["shrinkage"] == 0.05 and res["n_features"] == 40
+    m = MultilevelFactorModel.load(out)
+    ref = MultilevelFactorModel("learn", [2, 1], levels=2, shrinkage=0.05).fit(prob.Y)
+    assert m.hierarchy_ == ref.hierarchy_ and m.shrinkage_ == 0.05
+    assert m.score(prob.Y_test) == pytest.approx(ref.score(prob.Y_test), rel=1e-6)
+    code, _, err = run(["fit-fm", str(data), "--ranks", "2,1", "--shrinkage", "1.5", "--out",
+                        str(tmp_path / "bad.zarr"), "--scheduler", "threads", "--quiet"], capsys)
+    assert code == 2 and "shrinkage" in err and not (tmp_path / "bad.zarr").exists()

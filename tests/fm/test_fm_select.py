@@ -157,3 +157,16 @@ def test_learn_and_auto_from_a_data_store_path(tmp_path):
     c = MultilevelFactorModel("learn", "auto", levels=2, max_iter=100,
                               random_state=0).fit(str(path))
     assert c.hierarchy_.n_blocks[0] == 1 and c.hierarchy_.n_levels == 2
+
+
+def test_auto_with_missing_values_searches_ranks_on_the_samples():
+    Y, block = _blocks(seed=3, N=240)
+    Y = Y.copy()
+    Y[np.arange(0, 240, 40), np.arange(6)] = np.nan  # few missingness patterns: a fast test
+    h = Hierarchy.from_labels([block])
+    m = MultilevelFactorModel(h, "auto", max_iter=30, random_state=0).fit(Y)
+    assert m.shrinkage_ == 0.0 and m.missing_
+    assert {t["shrinkage"] for t in m.rank_trials_} == {0.0}
+    assert len(m.rank_trials_) > 3 and np.isfinite(m.score(Y))
+    with pytest.raises(InputError, match="complete data"):
+        MultilevelFactorModel(h, "auto", shrinkage=0.1, max_iter=100).fit(Y)
