@@ -7,7 +7,8 @@ one BCD epoch (n = 2000, L = 12, r = 30 by default) relative to one dense produc
 with ``X`` of shape (n, r), measured in the same run.
 
 The pipeline time is also given in units of one dense SVD of the same matrix (``numpy.linalg.
-svd``, thin, with the same thread count), measured in the same run, per stage.
+svd``, thin, with the same thread count), measured in the same run, per stage; and in CPU
+seconds of the process against the SVD's CPU seconds (steadier on a busy machine).
 
 ``--small 128`` instead times the whole ``fit_mlr`` (defaults) on small matrices (radial kernel
 and MLR plus noise, rank 10): the median of several runs, with the error next to LR and LR+D.
@@ -78,19 +79,19 @@ def _quality(kind: str, n: int, rank: int, max_iter: int, tol: float,
     m, nn = A.shape
     nrm = float(np.linalg.norm(A))
     fit_mlr(A[:64, :64], 4, threads=1)  # compile the numba kernels outside the timing
-    t0 = time.perf_counter()
     kw: dict[str, object] = {} if init is None else {"init": init}
     if split_vectors is not None:
         kw["split_vectors"] = split_vectors
     if grow_trials is not None:
         kw["grow_trials"] = grow_trials
+    t0, c0 = time.perf_counter(), time.process_time()
     M = fit_mlr(A, rank, max_iter=max_iter, tol=tol, threads=threads, **kw)
-    total = time.perf_counter() - t0
+    total, cpu = time.perf_counter() - t0, time.process_time() - c0
     err = float(np.linalg.norm(A - M.to_dense()) / nrm)
     with threadpool_limits(limits=threads):  # the unit: one dense SVD of the same matrix
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         s = np.linalg.svd(A, full_matrices=False)[1]
-        t_svd = time.perf_counter() - t0
+        t_svd, c_svd = time.perf_counter() - t0, time.process_time() - c0
     lr = float(np.sqrt(max(nrm**2 - float(np.sum(s[:rank] ** 2)), 0.0)) / nrm)
     h = M.history_
     secs = {k: round(v, 2) for k, v in h["seconds"].items()}
@@ -108,6 +109,8 @@ def _quality(kind: str, n: int, rank: int, max_iter: int, tol: float,
         "init_used": h.get("init"), "starts": h.get("starts"),
         "dense_svd_s": round(t_svd, 2), "pipeline_s": round(total, 2),
         "pipeline_in_svds": round(total / t_svd, 2),
+        "pipeline_cpu_s": round(cpu, 2), "dense_svd_cpu_s": round(c_svd, 2),
+        "pipeline_in_svds_cpu": round(cpu / c_svd, 2),
         "seconds": secs, "stage_in_svds": units,
     }
     if noise is not None:
@@ -241,7 +244,9 @@ def _report(res: dict[str, object], kind: str, rank: int) -> None:
     print(f"{kind} {res['shape']} r={rank} threads={res['threads']}: MLR {res['mlr_rel_error']:.4f}"
           f"  LR {res['lr_rel_error']:.4f}  LR+D {lrd_s}  (returned {res['returned']}, init "
           f"{res['init_used']}); pipeline {res['pipeline_s']} s = {res['pipeline_in_svds']} "
-          f"dense SVDs ({res['dense_svd_s']} s each); per stage in SVDs: {stages}", flush=True)
+          f"dense SVDs ({res['dense_svd_s']} s each); per stage in SVDs: {stages}; CPU time "
+          f"{res['pipeline_cpu_s']} s = {res['pipeline_in_svds_cpu']} dense SVDs "
+          f"({res['dense_svd_cpu_s']} s each)", flush=True)
 
 
 if __name__ == "__main__":
