@@ -685,16 +685,18 @@ def fit_products(
     grow_from: Sequence[int] | None = None,
     exchange: bool = False,
     exchange_steps: int = 8,
+    grow_per_step: int = 1,
     progress: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> MLRMatrix:
     """BCD with levels ``< c`` fitted through products of ``eng`` and levels ``>= c`` inside the
     diagonal chunks ``rch``/``cch``; see the module docstring. ``grow_from``: start at these
-    ranks and grow to the total of ``ranks`` one rank per epoch, on the level of largest
-    predicted gain (the next singular values of its blocks, from that epoch), as the in-memory
-    growth does; ``ranks`` then gives the total only and the grown ranks are returned. This
-    continuation from the finest levels ends far lower than BCD started at the final ranks on
-    kernel matrices. Cost: one epoch (without the loss pass) per step. ``exchange``: then up
-    to ``exchange_steps`` rank exchanges (:func:`_exchange`)."""
+    ranks and grow to the total of ``ranks``, one rank per epoch on each of the
+    ``grow_per_step`` levels of largest predicted gain (the next singular values of their
+    blocks, from that epoch), as the in-memory growth does; ``ranks`` then gives the total
+    only and the grown ranks are returned. This continuation from the finest levels ends far
+    lower than BCD started at the final ranks on kernel matrices. Cost: one epoch (without
+    the loss pass) per step. ``exchange``: then up to ``exchange_steps`` rank exchanges
+    (:func:`_exchange`)."""
     t0 = time.perf_counter()
     F = _Factors(rows, cols, ranks if grow_from is None else grow_from, psd)
     L = len(F.ranks)
@@ -739,10 +741,11 @@ def fit_products(
             cand = [lvl for lvl in range(L) if F.ranks[lvl] < caps[lvl]]
             if not cand:
                 raise InputError(f"rank {total} exceeds the capacity {sum(caps)} of the levels")
-            lvl = max(cand, key=lambda x: F.dp[x])
-            F.resize([r + (1 if x == lvl else 0) for x, r in enumerate(F.ranks)])
+            dst = sorted(cand, key=lambda x: -F.dp[x])[:min(grow_per_step,
+                                                            total - sum(F.ranks))]
+            F.resize([r + (1 if x in dst else 0) for x, r in enumerate(F.ranks)])
             epoch(epoch_order(L))
-            moves.append({"step": len(moves) + 1, "src": None, "dst": int(lvl),
+            moves.append({"step": len(moves) + 1, "src": None, "dst": [int(x) for x in dst],
                           "ranks": list(F.ranks)})
             if progress:
                 progress("rank_move", {"step": len(moves), "total": total - sum(grow_from),
@@ -878,6 +881,8 @@ def fit_mlr_dask(
     engine: str = "dask",
     grow_from: Sequence[int] | None = None,
     exchange: bool = False,
+    exchange_steps: int = 8,
+    grow_per_step: int = 1,
     progress: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> MLRMatrix:
     """Fit the factors (fixed hierarchy and ranks) of a matrix given as a Dask array (original
@@ -887,8 +892,9 @@ def fit_mlr_dask(
     ``engine="numpy"`` runs the same algorithm on the matrix loaded in memory (reference).
     With a store, the tasks read their chunks from zarr themselves (see the module docstring).
     The result's ``history_`` holds the relative error per epoch and ``passes_over_A``.
-    ``grow_from`` / ``exchange``: grow the ranks from these first, exchange ranks between
-    levels after the first epoch (see :func:`fit_products`).
+    ``grow_from``, ``grow_per_step``, ``exchange``, ``exchange_steps``: grow the ranks from
+    these first, exchange ranks between levels after the first epoch (see
+    :func:`fit_products`).
     """
     chunk_items = 4096 if chunk_items is None else int(chunk_items)
     if chunk_items < 1:
@@ -908,6 +914,7 @@ def fit_mlr_dask(
         M = fit_products(eng, rows, cols, ranks, c=c, rch=rch, cch=cch, psd=psd,
                          max_iter=max_iter, tol=tol, q=q, seed=seed, exact_max=exact_max,
                          grow_from=grow_from, exchange=exchange,
+                         exchange_steps=exchange_steps, grow_per_step=grow_per_step,
                          progress=_publishing(progress))
     except np.linalg.LinAlgError:
         _raise_if_not_finite(Ad)  # the usual cause; costs a pass only when the fit failed

@@ -16,10 +16,11 @@ one's output:
    computes ``W_t X`` and ``W_t^T Y`` for the diagonal blocks of the level at once. ``R`` is
    A (``"bottom"``: rank only on the atoms) or A minus the levels above fitted with their
    start ranks (``"uniform"``; one epoch of :func:`mlr_dask.fit.dask.fit_mlr_dask` per level).
-   A level costs about ``2 q + 3 + rounds`` passes: degrees, the randomized SVD of the
-   normalized ``W`` with ``q`` power iterations (symmetric: ``2 q`` iterations of one pass
-   each), the scoring of the candidate cuts, then up to ``refine_rounds`` rounds of batch
-   swaps (two passes each, one symmetric).
+   A level costs about ``2 q + 2 + rounds`` passes: the degrees with the first sketch, the
+   randomized SVD of the normalized ``W`` with ``q`` power iterations (symmetric: ``2 q``
+   iterations of one pass each), the scoring of the candidate cuts, then up to
+   ``refine_rounds`` rounds of batch swaps, the first from the scoring pass's sums, the
+   others two passes each (one symmetric).
 2. :func:`split_below`: one task per block of that level reads its block of A and learns the
    rest of the hierarchy in memory (:func:`mlr_dask.fit.partition.spectral_partition` of the
    block minus the coarse fit). The blocks' rows are scattered in the stored order, so each
@@ -58,10 +59,14 @@ SAMPLE_STARTS = ("bottom", "uniform")
 
 @dataclass
 class LearnOptions:
-    """Options of the learned Dask path. ``block_items``: the largest block side one task
-    loads (default 2048); ``sample_items``: sampled rows (columns) for the rank allocation
-    (default 2048); ``q``: power iterations of the split embeddings; ``rounds``: refinement
-    rounds of the cut direction; the partition options mirror the in-memory ones."""
+    """Options of the learned Dask path. ``init``: ``"best"``, ``"bottom"`` or ``"uniform"``;
+    ``block_items``: the largest block side one task loads (default 2048); ``sample_items``:
+    sampled rows (columns) on which ``init="best"`` picks its start (default 1024);
+    ``grow_per_step`` / ``exchange_steps``: ranks added per growth epoch and the bound on the
+    exchanges of the final fit (each growth epoch or exchange trial costs a few passes over
+    A); ``q``: power iterations of the split embeddings; ``rounds``: refinement rounds of the
+    cut direction; ``refine_rounds``: swap rounds per split; the other partition options
+    mirror the in-memory ones."""
 
     init: str = "best"
     block_items: int = 2048
@@ -72,7 +77,9 @@ class LearnOptions:
     n_random: int = 32
     balanced: bool = False
     refine: bool = True
-    refine_rounds: int = 3
+    refine_rounds: int = 2
+    grow_per_step: int = 1
+    exchange_steps: int = 8
     split: str = "normalized"
     symmetric: bool = False
     psd: bool = False
@@ -329,16 +336,19 @@ def _embeddings(ts: TileSource, lv: _Level, o: LearnOptions, rng: np.random.Gene
     br, bc = lv.ids(m, n)
     rows = [lv.pr[a:b] for a, b in zip(lv.rb[-1][:-1], lv.rb[-1][1:], strict=True)]
     cols = [lv.pc[a:b] for a, b in zip(lv.cb[-1][:-1], lv.cb[-1][1:], strict=True)]
-    d1, d2 = _pass(ts, br, bc, np.ones((n, 1)), None if sym else np.ones((m, 1)), sym)
-    d1 = d1[:, 0]
-    d2 = d1 if sym else d2[:, 0]
+    k = max(1, min(o.n_vectors, min(min(g.size for g in rows), min(g.size for g in cols)) - 2))
+    w = min(k + 8, min(min(g.size for g in rows), min(g.size for g in cols)))
+    # one pass for the degrees and the first sketch: W [1, Om] (and W^T 1)
+    Om = rng.standard_normal((n, w))
+    first, dc = _pass(ts, br, bc, np.hstack([np.ones((n, 1)), Om]),
+                      None if sym else np.ones((m, 1)), sym)
+    d1 = first[:, 0]
+    d2 = d1 if sym else dc[:, 0]
     tiny = 1e-300 + 1e-12 * max(float(d1.max(initial=0.0)), 1e-300)
     d1, d2 = d1 + tiny, d2 + tiny
     s1, s2 = 1.0 / np.sqrt(d1), 1.0 / np.sqrt(d2)
     u0, v0 = np.sqrt(d1), np.sqrt(d2)
     tot_r = np.array([d1[g].sum() for g in rows])
-    k = max(1, min(o.n_vectors, min(min(g.size for g in rows), min(g.size for g in cols)) - 2))
-    w = min(k + 8, min(min(g.size for g in rows), min(g.size for g in cols)))
 
     def defl(out: np.ndarray, inp: np.ndarray, uo: np.ndarray, ui: np.ndarray,
              groups_o: list[np.ndarray], groups_i: list[np.ndarray]) -> np.ndarray:
@@ -354,8 +364,7 @@ def _embeddings(ts: TileSource, lv: _Level, o: LearnOptions, rng: np.random.Gene
         _, WtY = _pass(ts, br, bc, None, s1[:, None] * Y, False)
         return defl(s2[:, None] * WtY, Y, v0, u0, cols, rows)
 
-    Om = rng.standard_normal((n, w))
-    Y = N(Om)
+    Y = defl(s1[:, None] * first[:, 1:], v0[:, None] * Om, u0, v0, rows, cols)  # N (D2^1/2 Om)
     for _ in range(2 * o.q if sym else o.q):  # a symmetric iteration is one pass, not two
         Q = _orth_blocks(Y, rows)
         Y = N(Q) if sym else N(_orth_blocks(NT(Q), cols))
@@ -379,14 +388,18 @@ def _embeddings(ts: TileSource, lv: _Level, o: LearnOptions, rng: np.random.Gene
 
 def _score(ts: TileSource, lv: _Level, P: list[np.ndarray], Qc: list[np.ndarray],
            d1: np.ndarray, d2: np.ndarray, o: LearnOptions, min_size: int
-           ) -> tuple[list[np.ndarray], list[list[tuple[np.ndarray, int, np.ndarray, int]]]]:
+           ) -> tuple[list[np.ndarray], list[list[tuple[np.ndarray, int, np.ndarray, int]]],
+                      np.ndarray, np.ndarray]:
     """Normalized cut of ``W`` of each candidate cut of each block (rows cut along the columns
     of ``P[t]`` (a, d), columns along ``Qc[t]`` (b, d)) by one pass; see
-    :func:`mlr_dask.fit.partition._score_cuts`."""
+    :func:`mlr_dask.fit.partition._score_cuts`. Also returns, per candidate, the mass of each
+    row on the columns of side 0 (m, d) and of each column on the rows of side 0 (n, d),
+    stored order (what the first refinement round needs)."""
     m, n = ts.shape
     br, bc = lv.ids(m, n)
     d = P[0].shape[1]
     X = np.zeros((n, d))
+    Yr = np.zeros((m, d))
     Rms, cuts_all = [], []
     for t, (a0, a1, b0, b1) in enumerate(zip(lv.rb[-1][:-1], lv.rb[-1][1:], lv.cb[-1][:-1],
                                             lv.cb[-1][1:], strict=True)):
@@ -400,9 +413,10 @@ def _score(ts: TileSource, lv: _Level, P: list[np.ndarray], Qc: list[np.ndarray]
         rank_c = np.empty((b, d), dtype=np.int64)
         rank_c[ordc, np.arange(d)] = np.arange(b)[:, None]
         Rms.append((rank_r < cr).astype(np.float64))
+        Yr[lv.pr[a0:a1]] = Rms[-1]
         X[lv.pc[b0:b1]] = (rank_c < cc).astype(np.float64)
         cuts_all.append([(ordr[:, j], int(cr[j]), ordc[:, j], int(cc[j])) for j in range(d)])
-    WX, _ = _pass(ts, br, bc, X, None, o.symmetric)
+    WX, WtY = _pass(ts, br, bc, X, None if o.symmetric else Yr, o.symmetric)
     scores = []
     for t, (a0, a1, b0, b1) in enumerate(zip(lv.rb[-1][:-1], lv.rb[-1][1:], lv.cb[-1][:-1],
                                             lv.cb[-1][1:], strict=True)):
@@ -416,7 +430,7 @@ def _score(ts: TileSource, lv: _Level, P: list[np.ndarray], Qc: list[np.ndarray]
         with np.errstate(divide="ignore", invalid="ignore"):
             s = cut / np.maximum(vol0, 1e-300) + cut / np.maximum(vol1, 1e-300)
         scores.append(np.where(np.isfinite(s), s, np.inf))
-    return scores, cuts_all
+    return scores, cuts_all, WX, WX if o.symmetric else WtY
 
 
 def _split_level(ts: TileSource, lv: _Level, o: LearnOptions, min_size: int,
@@ -426,25 +440,36 @@ def _split_level(ts: TileSource, lv: _Level, o: LearnOptions, min_size: int,
     k = Zr[0].shape[1]
     nb = len(Zr)
     D = _directions(k, o.n_random, rng)
-    scores, cuts = _score(ts, lv, [z @ D for z in Zr], [z @ D for z in Zc], d1, d2, o,
-                          min_size)
+    scores, cuts, WX, WtY = _score(ts, lv, [z @ D for z in Zr], [z @ D for z in Zc], d1, d2,
+                                   o, min_size)
     best = [int(np.argmin(s)) for s in scores]
     best_w = [D[:, j] for j in best]
     best_s = [scores[t][best[t]] for t in range(nb)]
     best_c = [cuts[t][best[t]] for t in range(nb)]
+    m0, n0 = np.zeros(d1.size), np.zeros(d2.size)  # masses on side 0 of the best cuts
+    rows = [lv.pr[a:b] for a, b in zip(lv.rb[-1][:-1], lv.rb[-1][1:], strict=True)]
+    cols = [lv.pc[a:b] for a, b in zip(lv.cb[-1][:-1], lv.cb[-1][1:], strict=True)]
+
+    def keep_mass(t: int, j: int, WX: np.ndarray, WtY: np.ndarray) -> None:
+        m0[rows[t]] = WX[rows[t], j]
+        n0[cols[t]] = WtY[cols[t], j]
+
+    for t in range(nb):
+        keep_mass(t, best[t], WX, WtY)
     step = 0.5
     for _ in range(o.rounds if k > 1 else 0):
         Ds = []
         for t in range(nb):
             Dl = best_w[t][:, None] + step * rng.standard_normal((k, 12))
             Ds.append(Dl / np.linalg.norm(Dl, axis=0, keepdims=True))
-        scores, cuts = _score(ts, lv, [z @ Dl for z, Dl in zip(Zr, Ds, strict=True)],
-                              [z @ Dl for z, Dl in zip(Zc, Ds, strict=True)], d1, d2, o,
-                              min_size)
+        scores, cuts, WX, WtY = _score(ts, lv, [z @ Dl for z, Dl in zip(Zr, Ds, strict=True)],
+                                       [z @ Dl for z, Dl in zip(Zc, Ds, strict=True)], d1, d2,
+                                       o, min_size)
         for t in range(nb):
             j = int(np.argmin(scores[t]))
             if scores[t][j] < best_s[t]:
                 best_w[t], best_s[t], best_c[t] = Ds[t][:, j], scores[t][j], cuts[t][j]
+                keep_mass(t, j, WX, WtY)
         step *= 0.5
     pr, pc = lv.pr.copy(), lv.pc.copy()
     new_rb, new_cb = [0], [0]
@@ -460,7 +485,7 @@ def _split_level(ts: TileSource, lv: _Level, o: LearnOptions, min_size: int,
     out = _Level(pr, pc, lv.rb + [np.asarray(new_rb, dtype=np.int64)],
                  lv.cb + [np.asarray(new_cb, dtype=np.int64)])
     if o.refine:
-        _refine_level(ts, lv, out, d1, d2, o)
+        _refine_level(ts, lv, out, d1, d2, o, (m0, n0))
     return out
 
 
@@ -484,20 +509,39 @@ def _swap_side(p: np.ndarray, lo: int, mid: int, hi: int, gain: np.ndarray) -> i
 
 
 def _refine_level(ts: TileSource, parent: _Level, lv: _Level, d1: np.ndarray, d2: np.ndarray,
-                  o: LearnOptions) -> None:
+                  o: LearnOptions, first: tuple[np.ndarray, np.ndarray] | None = None) -> None:
     """Greedy swap refinement of the new level's cuts through passes (the batch form of
     :func:`mlr_dask.fit.partition._swap_refine`): with the column sides fixed, moving rows does
     not change the gain of moving other rows, so every pair of rows with a positive summed gain
     (the mass of ``W`` they bring into the diagonal blocks) is swapped at once; then the
     columns, with the rows fixed. One pass per half round, ``o.refine_rounds`` rounds or until
-    nothing moves. Symmetric: rows and columns together, one pass per round (the pair terms
-    ``W_ij`` are ignored). Updates ``lv.pr`` / ``lv.pc`` in place."""
+    nothing moves. ``first``: the masses of the rows on the column side 0 and of the columns on
+    the row side 0 from the scoring pass: the first round swaps rows and columns from them at
+    once, without a pass (the columns' gains are then computed before the rows move).
+    Symmetric: rows and columns together, one pass per round (the pair terms ``W_ij`` are
+    ignored). Updates ``lv.pr`` / ``lv.pc`` in place."""
     m, n = ts.shape
     br, bc = parent.ids(m, n)
     rb, cb = lv.rb[-1], lv.cb[-1]
     nb = (rb.size - 1) // 2
-    for _ in range(o.refine_rounds):
+    for rnd in range(o.refine_rounds):
         moved = 0
+        if rnd == 0 and first is not None:
+            side_r = np.isin(np.arange(m), _side1(lv.pr, rb, nb))
+            side_c = np.isin(np.arange(n), _side1(lv.pc, cb, nb))
+            m1, n1 = d1 - first[0], d2 - first[1]
+            gain_r = np.where(side_r, (d1 - m1) - m1, m1 - (d1 - m1))
+            gain_c = np.where(side_c, (d2 - n1) - n1, n1 - (d2 - n1))
+            for t in range(nb):
+                moved += _swap_side(lv.pr, rb[2 * t], rb[2 * t + 1], rb[2 * t + 2], gain_r)
+                if not o.symmetric:
+                    moved += _swap_side(lv.pc, cb[2 * t], cb[2 * t + 1], cb[2 * t + 2],
+                                        gain_c)
+            if o.symmetric:
+                lv.pc[:] = lv.pr
+            if not moved:
+                break
+            continue
         for axis in ((0,) if o.symmetric else (0, 1)):
             if axis == 0:
                 X = np.zeros((n, 1))
@@ -765,7 +809,8 @@ def learn_mlr_dask(
     M = fit_mlr_dask(ts.fit_source(), rows, cols, ranks, psd=o.psd, max_iter=max_iter,
                      tol=tol, client=client, chunk_items=chunk_items, q=o.q, seed=o.seed,
                      engine="numpy" if ts.kind == "numpy" else "dask", grow_from=grow_from,
-                     exchange=n_levels > 1, progress=progress)
+                     exchange=n_levels > 1, exchange_steps=o.exchange_steps,
+                     grow_per_step=o.grow_per_step, progress=progress)
     res.seconds["fit"] = time.perf_counter() - t0
     res.passes["fit"] = float(M.history_["passes_over_A"])
     M.history_["seconds"] = {**res.seconds, "total": sum(res.seconds.values())}
