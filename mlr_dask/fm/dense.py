@@ -77,32 +77,38 @@ class DenseEM:
         Fh[rows, self.ecol[rows, cols]] = F[rows, cols]
         return Fh
 
-    def loglike(self, F: np.ndarray, D: np.ndarray, S: np.ndarray | None = None) -> float:
-        """Average log-likelihood per sample of data of covariance ``S`` (default the fitted
-        one) about the model's mean: ``-(n log 2 pi + log det Sigma + tr(Sigma^-1 S)) / 2``."""
-        Fh = self.expand(F)
+    def _inverse(self, Fh: np.ndarray, D: np.ndarray) -> tuple[np.ndarray, float]:
+        """``(Sigma^-1, log det Sigma)`` by Cholesky (LinAlgError when not positive
+        definite)."""
+        from scipy.linalg import lapack
+
         Sigma = Fh @ Fh.T
         Sigma[np.diag_indices_from(Sigma)] += D
         C = np.linalg.cholesky(Sigma)
-        Ci = np.linalg.solve(C, np.eye(C.shape[0]))
+        inv, info = lapack.dpotri(C, lower=1)
+        if info != 0:
+            raise np.linalg.LinAlgError("Sigma is singular")
+        Sinv = np.tril(inv)
+        Sinv += np.tril(inv, -1).T
+        return Sinv, 2.0 * float(np.log(np.diag(C)).sum())
+
+    def loglike(self, F: np.ndarray, D: np.ndarray, S: np.ndarray | None = None) -> float:
+        """Average log-likelihood per sample of data of covariance ``S`` (default the fitted
+        one) about the model's mean: ``-(n log 2 pi + log det Sigma + tr(Sigma^-1 S)) / 2``."""
+        Sinv, logdet = self._inverse(self.expand(F), D)
         X = self.S if S is None else S
-        tr = float(np.einsum("ij,ij->", Ci @ X, Ci))
-        return -0.5 * (self.tree.n * _LOG_2PI + 2.0 * float(np.log(np.diag(C)).sum()) + tr)
+        return -0.5 * (self.tree.n * _LOG_2PI + logdet + float(np.einsum("ij,ij->", Sinv, X)))
 
     def step(self, F: np.ndarray, D: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
         """One EM iteration from (F, D); returns the new (F, D) and the log-likelihood of the
         old parameters (computed on the way)."""
         Fh = self.expand(F)
-        Sigma = Fh @ Fh.T
-        Sigma[np.diag_indices_from(Sigma)] += D
-        C = np.linalg.cholesky(Sigma)
-        Ci = np.linalg.solve(C, np.eye(C.shape[0]))
-        Sinv = Ci.T @ Ci
+        Sinv, logdet = self._inverse(Fh, D)
         B = Sinv @ Fh
         V = self.S @ B
         W = B.T @ V - Fh.T @ B
         W[np.diag_indices_from(W)] += 1.0
-        ll = -0.5 * (self.tree.n * _LOG_2PI + 2.0 * float(np.log(np.diag(C)).sum())
+        ll = -0.5 * (self.tree.n * _LOG_2PI + logdet
                      + float(np.einsum("ij,ij->", Sinv, self.S)))
         n = self.tree.n
         Fn = np.zeros((n + 1, F.shape[1]))
