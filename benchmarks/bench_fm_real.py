@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -143,6 +144,8 @@ def run(data: list[str], splits: int = 5, seed: int = 0) -> dict[str, Any]:
                 r["score"].append(float(sc))
                 r["seconds"].append(time.perf_counter() - t0)
                 r["info"].append(info)
+                print(f"{name} split {s} {meth}: {sc:.3f} ({r['seconds'][-1]:.1f} s) {info}",
+                      file=sys.stderr, flush=True)
         out[name] = {"shape": list(Y.shape), "results": res}
     return out
 
