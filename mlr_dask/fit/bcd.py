@@ -78,9 +78,6 @@ class BCDState:
     next_B: list[np.ndarray] = field(default=None)  # type: ignore[assignment]
     next_C: list[np.ndarray] = field(default=None)  # type: ignore[assignment]
     gains: np.ndarray = field(default=None)  # type: ignore[assignment]
-    #: the block batches of each (level, rank) (they depend only on the block sizes; shared
-    #: by copies, which share the hierarchy)
-    plans: dict = field(default_factory=dict)  # type: ignore[type-arg]
 
     def __post_init__(self) -> None:
         L = len(self.ranks)
@@ -113,7 +110,7 @@ class BCDState:
             self.loss, self.norm2, self.psd, self.exact_max, self.q, self.seed,
             self.delta_plus.copy(), self.delta_minus.copy(),
             [x.copy() for x in self.next_B], [x.copy() for x in self.next_C],
-            self.gains.copy(), self.plans,
+            self.gains.copy(),
         )
 
     def exact_loss(self) -> float:
@@ -240,14 +237,20 @@ def merge_buckets(groups: list[np.ndarray], bm: np.ndarray, bn: np.ndarray
     return [it[0] for it in items + keep]
 
 
+#: Batch plans by (level boundaries, rank, dense limit); they depend only on the block sizes,
+#: which repeat across the states of one fit (copies, trials, partition steps). Bounded.
+_PLANS: dict[tuple[bytes, bytes, int, int], tuple[list[np.ndarray], np.ndarray]] = {}
+_PLANS_MAX = 256
+
+
 def _plan(st: BCDState, lvl: int, r: int, exact_max: int
           ) -> tuple[list[np.ndarray], np.ndarray]:
     """The padded batches of small blocks and the big blocks of level ``lvl`` at rank ``r``
-    (cached on the state)."""
-    key = (lvl, r, exact_max, int(st.rb[lvl].size), int(st.cb[lvl].size))
-    got = st.plans.get(key)
-    if got is not None and got[2] is st.rb[lvl] and got[3] is st.cb[lvl]:
-        return got[0], got[1]
+    (cached by the level's boundaries)."""
+    key = (st.rb[lvl].tobytes(), st.cb[lvl].tobytes(), r, exact_max)
+    got = _PLANS.get(key)
+    if got is not None:
+        return got
     bm, bn = np.diff(st.rb[lvl]), np.diff(st.cb[lvl])
     k = r + 1
     big_mask = (bm * bn > BIG) & (np.minimum(bm, bn) > max(exact_max, 4 * (k + 10)))
@@ -258,7 +261,9 @@ def _plan(st: BCDState, lvl: int, r: int, exact_max: int
     fine = [g for g in groups if min(bm[g].max(), bn[g].max()) <= dense]
     rest = [g for g in groups if min(bm[g].max(), bn[g].max()) > dense]
     batches = merge_buckets(fine, bm, bn) + rest
-    st.plans[key] = (batches, big, st.rb[lvl], st.cb[lvl])
+    if len(_PLANS) >= _PLANS_MAX:
+        _PLANS.clear()
+    _PLANS[key] = (batches, big)
     return batches, big
 
 
