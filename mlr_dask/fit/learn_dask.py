@@ -754,7 +754,8 @@ def learn_mlr_dask(
     per stage, ``passes_over_A`` in all, and ``start`` (the start and its sampled errors).
     Cost: the sample read once, the passes of the top levels (with a coarse fit per level
     for the uniform start), one read of each block of the first level that fits
-    ``block_items``, and the final fit's passes (an epoch per growth step or exchange)."""
+    ``block_items``, and the final fit's passes (an epoch per growth step or exchange).
+    ``chunk_items`` of the final fit: default ``min(4096, block_items)``."""
     from mlr_dask.fit.dask import fit_mlr_dask
     from mlr_dask.fit.options import Reporter
     from mlr_dask.fit.pipeline import _short_caps, initial_ranks, start_ranks
@@ -806,6 +807,8 @@ def learn_mlr_dask(
         grow_from = None
         ranks = initial_ranks(rank, caps, n_levels > 1)
     t0 = time.perf_counter()
+    if chunk_items is None:  # a task of the fit holds a chunk or two: no larger than a block
+        chunk_items = min(4096, o.block_items)
     M = fit_mlr_dask(ts.fit_source(), rows, cols, ranks, psd=o.psd, max_iter=max_iter,
                      tol=tol, client=client, chunk_items=chunk_items, q=o.q, seed=o.seed,
                      engine="numpy" if ts.kind == "numpy" else "dask", grow_from=grow_from,

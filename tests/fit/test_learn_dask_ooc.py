@@ -1,8 +1,9 @@
 """Out-of-core learned fit (slow): a radial kernel between two random point sets on the sphere
 (original order: nothing to read off the stored order), written to zarr tile by tile, and its
 hierarchy, ranks and factors learned on a LocalCluster of one worker process with two threads
-whose memory limit is a quarter of the matrix. Size from ``MLR_LEARN_N`` (default 20000: 3.2 GB of
-float64)."""
+whose memory limit is a quarter of the matrix. Growth by four ranks per epoch and two
+exchanges bound the passes of the final fit. Size from ``MLR_LEARN_N`` (default 20000: 3.2 GB
+of float64)."""
 
 import os
 import time
@@ -39,9 +40,9 @@ def _write_radial(path, n, chunk, seed=0, sigma=0.9, n_scales=3):
 
 def test_learned_fit_out_of_core(tmp_path):
     from mlr_dask.cluster import connect
-    from mlr_dask.fit import fit_mlr
-    from mlr_dask.fit.api import load_matrix_store
+    from mlr_dask.fit.api import default_levels, load_matrix_store
     from mlr_dask.fit.dask import fit_mlr_dask
+    from mlr_dask.fit.learn_dask import LearnOptions, default_block_items, learn_mlr_dask
     from mlr_dask.hierarchy import Hierarchy
 
     n = int(os.environ.get("MLR_LEARN_N", "20000"))
@@ -58,11 +59,13 @@ def test_learned_fit_out_of_core(tmp_path):
             if os.environ.get("MLR_LEARN_VERBOSE"):
                 print(f"{time.perf_counter() - t0:7.1f}s {stage} {info}", flush=True)
 
-        M = fit_mlr(store, rank, backend="dask", client=client, max_iter=2, tol=0.0,
-                    progress=show)
+        o = LearnOptions(block_items=default_block_items(client), grow_per_step=4,
+                         exchange_steps=2)
+        M = learn_mlr_dask(store, rank, default_levels(n, n), opts=o, client=client,
+                           max_iter=2, tol=0.0, progress=show)
         t_fit = time.perf_counter() - t0
         LR = fit_mlr_dask(store, Hierarchy([[0, n]]), Hierarchy([[0, n]]), [rank], max_iter=1,
-                          tol=0.0)
+                          tol=0.0, chunk_items=o.block_items)
         logs = client.get_worker_logs()
     h = M.history_
     killed = sum("memory" in msg.lower() and "kill" in msg.lower()
