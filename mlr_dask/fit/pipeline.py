@@ -301,8 +301,8 @@ def fit(plan: Plan) -> None:
     :func:`als_affordable`), until the relative decrease of the loss is below ``tol``. With
     ``"auto"`` an ALS epoch that costs more than ``als_cost_limit`` BCD epochs (timed in the
     same run, in CPU seconds of the process: a busy machine does not trip it) is not repeated:
-    the fit continues with BCD. Cost: one BCD epoch per iteration
-    (ALS: two least-squares solves per finest block and a residual rebuild)."""
+    the fit continues with BCD. Cost: one BCD epoch per iteration (ALS: two structured
+    least-squares solves per finest block and a residual rebuild)."""
     t0 = time.perf_counter()
     st = plan.state
     assert st is not None
@@ -451,8 +451,8 @@ def pick_start(A: np.ndarray, rank: int, opts: Options, levels: int | None
     final fit) and return the start of lower
     error, the error of each, and the seconds spent. On small matrices (a side of the
     submatrix below 128) returns ``("", ...)``: the caller races the starts (partition and
-allocation of both, the final fit of the better one). Cost:
-    about 1/16 of one start for the dense stages."""
+    allocation of both, the final fit of the better one). Cost: about 1/16 of one start for
+    the dense stages."""
     t0 = time.perf_counter()
     m, n = A.shape
     sub = _subsample(m, n, opts.symmetric, np.random.default_rng(opts.seed))
