@@ -207,12 +207,13 @@ def _block_us(BM: int, BN: int) -> float:
 MERGE_MAX = 64
 
 
-def merge_buckets(groups: list[np.ndarray], bm: np.ndarray, bn: np.ndarray
-                  ) -> list[np.ndarray]:
+def merge_buckets(groups: list[np.ndarray], bm: np.ndarray, bn: np.ndarray,
+                  dense: int = MERGE_MAX) -> list[np.ndarray]:
     """Merge the batches ``groups`` (block indices) of small blocks greedily while the cost
     model says one padded batch is cheaper than two (:data:`_BATCH_US` per batch against
-    the padding); batches with a side above :data:`MERGE_MAX` stay as they are. O(g^3) for g
-    batches; the result is cached per level (:func:`fit_level`)."""
+    the padding); batches with a side above :data:`MERGE_MAX` stay as they are, and a merged
+    batch keeps its shorter padded side at most ``dense`` (it stays on the dense SVD path).
+    O(g^3) for g batches; the result is cached (:func:`_plan`)."""
     items = [[g, int(bm[g].max()), int(bn[g].max())] for g in groups]
     keep = [it for it in items if max(it[1], it[2]) > MERGE_MAX]
     items = [it for it in items if max(it[1], it[2]) <= MERGE_MAX]
@@ -224,6 +225,8 @@ def merge_buckets(groups: list[np.ndarray], bm: np.ndarray, bn: np.ndarray
             for j in range(i + 1, len(items)):
                 gj, mj, nj = items[j]
                 M, N = max(mi, mj), max(ni, nj)
+                if min(M, N) > dense:
+                    continue
                 delta = ((gi.size + gj.size) * _block_us(M, N) - ci
                          - gj.size * _block_us(mj, nj) - _BATCH_US)
                 if delta < best[0]:
@@ -260,7 +263,7 @@ def _plan(st: BCDState, lvl: int, r: int, exact_max: int
     dense = max(exact_max, 3 * (k + 10))
     fine = [g for g in groups if min(bm[g].max(), bn[g].max()) <= dense]
     rest = [g for g in groups if min(bm[g].max(), bn[g].max()) > dense]
-    batches = merge_buckets(fine, bm, bn) + rest
+    batches = merge_buckets(fine, bm, bn, dense) + rest
     if len(_PLANS) >= _PLANS_MAX:
         _PLANS.clear()
     _PLANS[key] = (batches, big)

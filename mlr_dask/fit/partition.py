@@ -320,17 +320,21 @@ def split_block(
 
 @numba.njit(nogil=True, cache=False)
 def _permute_into(A, rows, cols, out):  # pragma: no cover - compiled
-    for i in range(rows.size):
-        src = A[rows[i]]
-        for j in range(cols.size):
-            out[i, j] = src[cols[j]]
+    for j in range(cols.size):  # column by column: ``out`` is column-major
+        c = cols[j]
+        for i in range(rows.size):
+            out[i, j] = A[rows[i], c]
 
 
 def permute_into(A: np.ndarray, rows: np.ndarray, cols: np.ndarray, out: np.ndarray
                  ) -> np.ndarray:
     """``out[:] = A[rows][:, cols]`` for ``A`` (m, n), ``rows`` (m,), ``cols`` (n,) into an
-    existing ``out`` (m, n) (not ``A``): one pass, no temporary (a fancy-indexed copy of a
-    large matrix costs mostly page faults of two fresh arrays). Returns ``out``."""
+    existing column-major ``out`` (m, n) (not ``A``): one pass, no temporary (a fancy-indexed
+    copy of a large matrix costs mostly page faults of two fresh arrays). Column-major like
+    numpy's ``A[rows][:, cols]``, so that the splits see the same layout and rounding.
+    Returns ``out``."""
+    if not out.flags.f_contiguous:
+        raise ValueError("permute_into writes a column-major (Fortran-ordered) array")
     _permute_into(A, np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64), out)
     return out
 
@@ -443,8 +447,8 @@ def spectral_partition(
             ordc[c0:c1] = c0 + o_c
             new_rb += [r0 + cr, r1]
             new_cb += [c0 + cc, c1]
-        if spare is None:
-            spare = np.empty_like(A)
+        if spare is None or not spare.flags.f_contiguous:
+            spare = np.empty(A.shape, order="F")
         A, spare = permute_into(A, ordr, ordc, spare), A
         pr, pc = pr[ordr], pc[ordc]
         if st is not None:

@@ -178,7 +178,9 @@ def test_permute_into_matches_its_numpy_twin(rng):
 
     A = rng.standard_normal((37, 23))
     pr, pc = rng.permutation(37), rng.permutation(23)
-    a = permute_into(A, pr, pc, np.empty_like(A))
+    a = permute_into(A, pr, pc, np.empty(A.shape, order="F"))
     b = permute_into_numpy(A, pr, pc, np.empty_like(A))
     np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(a, A[np.ix_(pr, pc)])
+    np.testing.assert_array_equal(permute_into(a, pr, pc, np.empty(A.shape, order="F")),
+                                  a[pr][:, pc])  # from a column-major input too
