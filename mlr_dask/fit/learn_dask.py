@@ -284,35 +284,81 @@ class _Level:
         return br, bc
 
 
+def _sum_parts(*parts: np.ndarray | None) -> np.ndarray | None:
+    """The sum of the parts that are not None (None when all are)."""
+    out = None
+    for p in parts:
+        if p is not None:
+            out = p.copy() if out is None else out + p
+    return out
+
+
+def _tree_sum(parts: list[Any]) -> Any:
+    """Delayed sum of delayed parts, four at a time (the partial results are freed as they
+    are added, so a worker holds a few of them, not all)."""
+    import dask
+
+    add = dask.delayed(_sum_parts, pure=False)
+    while len(parts) > 1:
+        parts = [add(*parts[k:k + 4]) if k + 1 < len(parts) else parts[k]
+                 for k in range(0, len(parts), 4)]
+    return parts[0]
+
+
 def _pass(ts: TileSource, br: np.ndarray, bc: np.ndarray, X: np.ndarray | None,
           Y: np.ndarray | None, zero_diag: bool) -> tuple[np.ndarray | None, np.ndarray | None]:
     """``(W X, W^T Y)`` in stored order for the diagonal blocks given by ``br`` / ``bc``, with
     ``W = R o R`` and ``R`` the matrix minus ``ts.model``: one task per tile that holds a
-    diagonal-block entry. ``X`` (n, k), ``Y`` (m, k)."""
+    diagonal-block entry, the tiles' shares summed per row strip (``W X``) and per column
+    strip (``W^T Y``) by trees of tasks on the workers. ``X`` (n, k), ``Y`` (m, k)."""
     m, n = ts.shape
-    calls, where = [], []
-    for i in range(ts.rg.size - 1):
+    K, J = ts.rg.size - 1, ts.cg.size - 1
+    tiles: dict[tuple[int, int], tuple[Any, ...]] = {}
+    for i in range(K):
         r0, r1 = int(ts.rg[i]), int(ts.rg[i + 1])
-        bi = br[r0:r1]
-        for j in range(ts.cg.size - 1):
+        for j in range(J):
             c0, c1 = int(ts.cg[j]), int(ts.cg[j + 1])
-            bj = bc[c0:c1]
-            if not np.intersect1d(bi, bj).size:
-                continue
-            model = [(B[r0:r1], C[c0:c1], mr[r0:r1], mc[c0:c1]) for B, C, mr, mc in ts.model]
-            calls.append((tile_products, (ts.tile(i, j), r0, c0, bi, bj,
-                                          None if X is None else X[c0:c1],
-                                          None if Y is None else Y[r0:r1], zero_diag,
-                                          model)))
-            where.append((r0, r1, c0, c1))
-    ts.passes += len(calls) / ts.n_tiles
+            if np.intersect1d(br[r0:r1], bc[c0:c1]).size:
+                tiles[i, j] = (r0, r1, c0, c1)
+    ts.passes += len(tiles) / ts.n_tiles
     WX = None if X is None else np.zeros((m, X.shape[1]))
     WtY = None if Y is None else np.zeros((n, Y.shape[1]))
-    for (r0, r1, c0, c1), (a, b) in zip(where, ts.compute(calls), strict=True):
+
+    def args(i: int, j: int, Xj: Any, Yi: Any) -> tuple[Any, ...]:
+        r0, r1, c0, c1 = tiles[i, j]
+        model = [(B[r0:r1], C[c0:c1], mr[r0:r1], mc[c0:c1]) for B, C, mr, mc in ts.model]
+        return (ts.tile(i, j), r0, c0, br[r0:r1], bc[c0:c1], Xj, Yi, zero_diag, model)
+
+    def piece(A: np.ndarray | None, lo: int, hi: int) -> np.ndarray | None:
+        return None if A is None else A[lo:hi]
+
+    if ts.kind == "numpy":
+        for (i, j), (r0, r1, c0, c1) in tiles.items():
+            a, b = tile_products(*args(i, j, piece(X, c0, c1), piece(Y, r0, r1)))
+            if a is not None:
+                WX[r0:r1] += a
+            if b is not None:
+                WtY[c0:c1] += b
+        return WX, WtY
+    import dask
+
+    # each strip of X / Y once in the graph, shared by the tiles that use it
+    Xs = [dask.delayed(piece(X, int(ts.cg[j]), int(ts.cg[j + 1])), pure=True) for j in range(J)]
+    Ys = [dask.delayed(piece(Y, int(ts.rg[i]), int(ts.rg[i + 1])), pure=True) for i in range(K)]
+    task = dask.delayed(tile_products, pure=False, nout=2)
+    out = {(i, j): task(*args(i, j, Xs[j], Ys[i])) for (i, j) in tiles}
+    row_sums = {i: _tree_sum([out[i, j][0] for j in range(J) if (i, j) in out])
+                for i in range(K) if any((i, j) in out for j in range(J))}
+    col_sums = {j: _tree_sum([out[i, j][1] for i in range(K) if (i, j) in out])
+                for j in range(J) if any((i, j) in out for i in range(K))}
+    keys_r, keys_c = list(row_sums), list(col_sums)
+    res = dask.compute(*[row_sums[i] for i in keys_r], *[col_sums[j] for j in keys_c])
+    for i, a in zip(keys_r, res[:len(keys_r)], strict=True):
         if a is not None:
-            WX[r0:r1] += a
+            WX[int(ts.rg[i]):int(ts.rg[i + 1])] += a
+    for j, b in zip(keys_c, res[len(keys_r):], strict=True):
         if b is not None:
-            WtY[c0:c1] += b
+            WtY[int(ts.cg[j]):int(ts.cg[j + 1])] += b
     return WX, WtY
 
 
