@@ -51,8 +51,6 @@ class AllocationOptions:
     grow_per_step: int = 1
     #: levels tried per growth step (each a copy with one BCD epoch; in parallel threads)
     grow_trials: int = 1
-    #: growth trials refit only the level and its neighbours (the winner then one epoch)
-    local_trials: bool = False
 
 
 @dataclass

@@ -259,7 +259,6 @@ def allocate(plan: Plan) -> None:
     if deficit > 0:
         st, grown = grow_by_gains(st, plan.rank, per_step=ao.grow_per_step,
                                   max_steps=grow_steps, n_trials=ao.grow_trials,
-                                  local=ao.local_trials,
                                   threads=plan.opts.threads, callback=cb)
         moves += grown
     if sum(st.ranks) < plan.rank:  # the caps of the learned blocks: level 0 takes the rest

@@ -158,7 +158,6 @@ def grow_by_gains(
     n_trials: int = 1,
     threads: int = 1,
     trial_ratio: float = TRIAL_RATIO,
-    local: bool = False,
     callback: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[BCDState, list[dict[str, Any]]]:
     """Grow the allocation of ``st`` (side outputs from a recent sweep) up to ``total``: each
@@ -171,9 +170,7 @@ def grow_by_gains(
     step: about one BCD epoch. ``n_trials`` > 1 (with ``per_step=1``): a step whose best
     levels are close (predicted gain at least ``trial_ratio`` of the best, up to ``n_trials``
     levels) tries each on a copy with its epoch (``threads`` at a time, one BLAS thread each)
-    and keeps the lowest loss; a clear winner is taken without trials. ``local``: a trial
-    refits only the level and its two neighbours (about a third of an epoch or less) and the
-    winner then gets the full epoch. ``st`` is updated in
+    and keeps the lowest loss; a clear winner is taken without trials. ``st`` is updated in
     place or replaced. Returns the state and the steps ``{"step", "src": None, "dst":
     [levels], "rel_error", "ranks", "trials"}``."""
     L = len(st.ranks)
@@ -186,7 +183,7 @@ def grow_by_gains(
     def trial(base: BCDState, lvl: int, out: np.ndarray | None) -> BCDState:
         t = base.copy(out=out)
         move_rank(t, None, lvl)
-        sweep(t, [x for x in (lvl - 1, lvl + 1, lvl) if 0 <= x < L] if local else order)
+        sweep(t, order)
         t.exact_loss()
         return t
 
@@ -222,9 +219,6 @@ def grow_by_gains(
                     q = min(range(len(lvls)), key=lambda x: results[x].loss)
                     bufs.give(st, *(t for x, t in enumerate(results) if x != q))
                     st, dst, tried = results[q], [lvls[q]], len(lvls)
-                    if local:
-                        sweep(st, order)
-                        st.exact_loss()
                 else:
                     dst = [i for _, i in cand[:min(per_step, deficit)]]
                     for lvl in dst:

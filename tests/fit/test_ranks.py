@@ -108,11 +108,6 @@ def test_grow_trials_keep_the_residual_consistent_and_match_across_threads():
     assert sum(c.ranks) == 12 and all(1 <= s["trials"] <= 3 for s in steps_c)
     errs = [s["rel_error"] for s in steps_c]
     assert np.all(np.diff(errs) <= 1e-12)
-    # local trials (the level and its neighbours refitted; the winner then one epoch)
-    d, steps_d = grow_by_gains(st.copy(), 12, n_trials=3, threads=2, trial_ratio=0.0,
-                               local=True)
-    assert sum(d.ranks) == 12 and np.all(np.diff([s["rel_error"] for s in steps_d]) <= 1e-12)
-    np.testing.assert_allclose(d.R, _rebuilt_residual(d, Ap), atol=1e-9)
 
 
 def test_state_copy_into_a_buffer_equals_a_plain_copy():
