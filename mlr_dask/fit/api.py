@@ -229,13 +229,15 @@ def fit_mlr(
     levels : number of levels L when the hierarchy is learned (default
         :func:`default_levels`: bisection down to 1-2 items, then atoms).
     ranks : (L,) ranks per level: fixed with ``allocate_ranks=False``, the start otherwise.
-    partition : ``"spectral"`` (learn, in memory), ``"dyadic"`` (bisection in the given order,
-        atoms last) or ``"given"`` (the hierarchy stored with a zarr matrix).
+    partition : ``"spectral"`` (learn; in memory, or on the Dask path), ``"dyadic"``
+        (bisection in the given order, atoms last) or ``"given"`` (the hierarchy stored with a
+        zarr matrix).
     init : starting rank allocation of a learned hierarchy (ignored when ``ranks`` is given
         or the hierarchy is fixed). ``"best"`` (default): ``"bottom"`` or ``"uniform"``,
         whichever gives the lower error when the whole pipeline runs on a random principal
-        submatrix of a quarter of each side (:func:`mlr_dask.fit.pipeline.pick_start`; both
-        in full on small matrices). ``"bottom"`` tends to win on kernel matrices,
+        submatrix of a quarter of each side (:func:`mlr_dask.fit.pipeline.pick_start`; below
+        512 rows or columns both starts run through rank allocation on the whole matrix and
+        only the better one goes on to the final fit). ``"bottom"`` tends to win on kernel matrices,
         ``"uniform"`` on matrices with strong coarse levels. ``"bottom"``: rank only on the
         atoms while partitioning, so the hierarchy is recursive co-clustering of ``A o A``;
         then the rank grows one unit per step on the level of largest predicted gain, each
