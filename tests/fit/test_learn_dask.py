@@ -121,7 +121,8 @@ def test_uniform_start_splits_the_residual_like_in_memory():
     assert _rel(A, M) <= 1.02 * Mm.history_["rel_error"][-1]
 
 
-@pytest.mark.slow  # about a minute on 2 cores
+@pytest.mark.slow  # about a minute on 2 cores; the final fit in one chunk (the product levels
+# of the fit are checked in test_dask.py)
 def test_learned_dask_path_within_2_percent_of_in_memory(radial_store):
     """Hierarchy and ranks learned on the Dask path (zarr tiles read in tasks, the blocks
     below as tasks, the start trials as futures of an in-process cluster) against the
@@ -136,7 +137,7 @@ def test_learned_dask_path_within_2_percent_of_in_memory(radial_store):
                       dashboard_address=None) as lc, Client(lc) as client:
         for seed in range(3):
             Md = fit_mlr(str(path), 20, backend="dask", block_items=200, sample_items=256,
-                         client=client, seed=seed, max_iter=30)
+                         client=client, seed=seed, max_iter=30, chunk_items=4096)
             h = Md.history_
             assert h["learned"] == "dask"
             assert h["passes"]["top_splits"] > 0 and h["passes"]["blocks"] > 0
