@@ -127,7 +127,7 @@ def test_learned_dask_path_within_2_percent_of_in_memory(radial_store):
     """Hierarchy and ranks learned on the Dask path (zarr tiles read in tasks, the blocks
     below as tasks, the start trials as futures of an in-process cluster) against the
     in-memory pipeline with its default start. At this size the error of either depends on
-    the seed by several percent (0.083 to 0.097 in memory), so the mean over three seeds is
+    the seed by 10-20 percent (0.083 to 0.107 in memory), so the mean over three seeds is
     compared."""
     from distributed import Client, LocalCluster
 
