@@ -160,8 +160,11 @@ def test_split_of_points_in_a_cube_is_axis_aligned():
         cols0 = np.zeros(n, dtype=bool)
         cols0[o_c[:cc]] = True
         found[k] = (_ncut(W, rows0, cols0), _cut_normal(t, rows0), _cut_normal(s, cols0))
-    assert found[4][1].max() > 0.95 and found[4][2].max() > 0.95
-    assert found[1][1].max() < 0.95  # the single-vector cut is oblique on this seed
+    # the exact figures move with the BLAS thread count (one thread: 0.944 and 0.945 with four
+    # vectors, 0.905 and 0.917 with one; two threads: above 0.95 with four)
+    assert found[4][1].max() > 0.93 and found[4][2].max() > 0.93
+    assert min(found[4][1].max(), found[4][2].max()) > max(found[1][1].max(), found[1][2].max())
+    assert found[1][1].max() < 0.93  # the single-vector cut is oblique on this seed
     assert found[4][0] < found[1][0]
 
 
