@@ -180,22 +180,6 @@ def _grow(F: np.ndarray, old_tree: Any, new_tree: Any, D: np.ndarray,
     return Fn
 
 
-def _trial(params: dict, h: Hierarchy, spec: list, Ytr: np.ndarray, Yva: np.ndarray,
-           start: tuple[np.ndarray, np.ndarray] | None) -> tuple[float, np.ndarray, np.ndarray]:
-    """Fit ``spec`` on Ytr (hierarchy order, identity-perm ``h``) from ``start`` (F, D) or
-    the SVD start; returns (validation log-likelihood per sample, F, D)."""
-    from sklearn.exceptions import ConvergenceWarning
-
-    from mlr_dask.fm.model import MultilevelFactorModel
-
-    m = MultilevelFactorModel(h, spec, **params)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        m._fit_fixed(Ytr, h, spec, None, array=None, checkpoint=None, checkpoint_every=0,
-                     resume=False, callback=None, start=start, publish=False)
-    return m.score(Yva), m._state.F.copy(), m._state.D.copy()
-
-
 def _pays(gain: np.ndarray) -> bool:
     """Whether per-fold gains (K,) have a mean above their standard error."""
     g = np.asarray(gain, dtype=np.float64)
