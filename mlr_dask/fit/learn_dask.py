@@ -576,8 +576,7 @@ def _refine_level(ts: TileSource, parent: _Level, lv: _Level, d1: np.ndarray, d2
             side_r = np.isin(np.arange(m), _side1(lv.pr, rb, nb))
             side_c = np.isin(np.arange(n), _side1(lv.pc, cb, nb))
             m1, n1 = d1 - first[0], d2 - first[1]
-            gain_r = np.where(side_r, (d1 - m1) - m1, m1 - (d1 - m1))
-            gain_c = np.where(side_c, (d2 - n1) - n1, n1 - (d2 - n1))
+            gain_r, gain_c = _move_gain(side_r, d1, m1), _move_gain(side_c, d2, n1)
             for t in range(nb):
                 moved += _swap_side(lv.pr, rb[2 * t], rb[2 * t + 1], rb[2 * t + 2], gain_r)
                 if not o.symmetric:
@@ -595,8 +594,7 @@ def _refine_level(ts: TileSource, parent: _Level, lv: _Level, d1: np.ndarray, d2
                     X[lv.pc[cb[2 * t + 1]:cb[2 * t + 2]], 0] = 1.0
                 WX, _ = _pass(ts, br, bc, X, None, o.symmetric)
                 m1 = WX[:, 0]
-                gain = np.where(np.isin(np.arange(m), _side1(lv.pr, rb, nb)), (d1 - m1) - m1,
-                                m1 - (d1 - m1))
+                gain = _move_gain(np.isin(np.arange(m), _side1(lv.pr, rb, nb)), d1, m1)
                 for t in range(nb):
                     moved += _swap_side(lv.pr, rb[2 * t], rb[2 * t + 1], rb[2 * t + 2], gain)
                 if o.symmetric:
@@ -607,12 +605,17 @@ def _refine_level(ts: TileSource, parent: _Level, lv: _Level, d1: np.ndarray, d2
                     Y[lv.pr[rb[2 * t + 1]:rb[2 * t + 2]], 0] = 1.0
                 _, WtY = _pass(ts, br, bc, None, Y, False)
                 n1 = WtY[:, 0]
-                gain = np.where(np.isin(np.arange(n), _side1(lv.pc, cb, nb)), (d2 - n1) - n1,
-                                n1 - (d2 - n1))
+                gain = _move_gain(np.isin(np.arange(n), _side1(lv.pc, cb, nb)), d2, n1)
                 for t in range(nb):
                     moved += _swap_side(lv.pc, cb[2 * t], cb[2 * t + 1], cb[2 * t + 2], gain)
         if not moved:
             break
+
+
+def _move_gain(side1: np.ndarray, d: np.ndarray, mass1: np.ndarray) -> np.ndarray:
+    """Diagonal mass gained by moving each item to the other side: ``mass1`` is its mass on
+    the other axis's side 1, ``d`` its total mass, ``side1`` whether it is on side 1."""
+    return np.where(side1, (d - mass1) - mass1, mass1 - (d - mass1))
 
 
 def _side1(p: np.ndarray, b: np.ndarray, nb: int) -> np.ndarray:
