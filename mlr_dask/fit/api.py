@@ -417,21 +417,30 @@ def fit_mlr(
                 if ranks is not None:
                     raise InputError("ranks are learned on the Dask path: give the total rank "
                                      "only, or a hierarchy with the ranks")
-                return learn_mlr_dask(store if store is not None else dask_arr, rank, L,
-                                      opts=lo, max_iter=max_iter, tol=tol,
-                                      chunk_items=chunk_items, client=client,
-                                      progress=progress)
-            from mlr_dask.fit.dask import fit_mlr_dask
-
-            rk = list(ranks) if ranks is not None else initial_ranks(
-                rank, caps, rows.has_atoms and cols.n_blocks[-1] == min(m, n))
             src = store if store is not None else dask_arr
-            M = fit_mlr_dask(src, rows, cols, rk, psd=psd, max_iter=max_iter, tol=tol,
-                             client=client, chunk_items=chunk_items, q=power_iters, seed=seed,
-                             progress=progress)
-            if allocate_ranks:
-                M.history_["notes"] = ["rank allocation is not run on the Dask path: the "
-                                       "starting ranks were kept"]
+            base_chunks = chunk_items
+            if rows is None:
+                if base_chunks is None:  # as the learned fit: a chunk no larger than a block
+                    base_chunks = min(4096, lo.block_items)
+                M = learn_mlr_dask(src, rank, L, opts=lo, max_iter=max_iter, tol=tol,
+                                   chunk_items=chunk_items, client=client, progress=progress)
+            else:
+                from mlr_dask.fit.dask import fit_mlr_dask
+
+                rk = list(ranks) if ranks is not None else initial_ranks(
+                    rank, caps, rows.has_atoms and cols.n_blocks[-1] == min(m, n))
+                M = fit_mlr_dask(src, rows, cols, rk, psd=psd, max_iter=max_iter, tol=tol,
+                                 client=client, chunk_items=chunk_items, q=power_iters,
+                                 seed=seed, progress=progress)
+                if allocate_ranks:
+                    M.history_["notes"] = ["rank allocation is not run on the Dask path: the "
+                                           "starting ranks were kept"]
+            if baselines:
+                from mlr_dask.fit.baselines_dask import with_baselines
+
+                M = with_baselines(M, src, rank, psd=psd, tol=tol, client=client,
+                                   chunk_items=base_chunks, q=power_iters, seed=seed,
+                                   progress=progress)
             return M
     if operator is not None:
         from mlr_dask.fit.dask import fit_mlr_operator
