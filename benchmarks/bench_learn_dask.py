@@ -53,7 +53,8 @@ def run(n: int, rank: int, seeds: list[int], block_items: int, sample_items: int
             with connect(n_workers=workers, quiet=True) as client:
                 t0 = time.perf_counter()
                 Md = fit_mlr(str(path), rank, backend="dask", client=client, seed=seed,
-                             block_items=block_items, sample_items=sample_items)
+                             block_items=block_items, sample_items=sample_items,
+                             baselines=False)
                 t_dask = time.perf_counter() - t0
             t0 = time.perf_counter()
             Mm = fit_mlr(A, rank, seed=seed, baselines=False, threads=workers)
