@@ -25,18 +25,28 @@ one's output:
    rest of the hierarchy in memory (:func:`mlr_dask.fit.partition.spectral_partition` of the
    block minus the coarse fit). The blocks' rows are scattered in the stored order, so each
    task decodes the stored chunks its rows and columns meet (counted in ``passes_over_A``).
-3. The ranks and factors by :func:`mlr_dask.fit.dask.fit_mlr_dask` on the learned hierarchy:
+3. For a store whose stored order scatters the learned blocks over its chunks (the usual case:
+   a store in original order), the matrix is rewritten once in hierarchy order into a
+   temporary store (:mod:`mlr_dask.fit.reorder`: two passes of tasks of bounded memory; next
+   to the input store unless ``scratch`` names a directory every worker sees; removed at the
+   end, also after an error), so that every chunk the final fit reads is contiguous. Without
+   it each chunk of the fit decodes most of the stored chunks. Counted as its reads and writes
+   in ``passes_over_A``; ``history_["reorder"]`` says whether it ran and the read
+   amplification that decided it.
+4. The ranks and factors by :func:`mlr_dask.fit.dask.fit_mlr_dask` on the learned hierarchy:
    after ``"bottom"`` the ranks grow from the atoms, one per epoch on the level of largest
    predicted gain (the continuation of the in-memory growth), then rank exchanges with trial
    epochs; after ``"uniform"`` the exchanges start from the uniform allocation.
 
 Memory: per tile task two tiles; per block task about four copies of a ``block_items``-sided
-block; per start trial about four copies of the sample; on the client the products
-(``(m + n) x`` about 50 numbers), the coarse factors and the hierarchies.
+block; per reorder task ``4 block_items^2`` entries and a stored chunk; per start trial about
+four copies of the sample; on the client the products (``(m + n) x`` about 50 numbers), the
+coarse factors and the hierarchies.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -65,8 +75,11 @@ class LearnOptions:
     ``grow_per_step`` / ``exchange_steps``: ranks added per growth epoch and the bound on the
     exchanges of the final fit (each growth epoch or exchange trial costs a few passes over
     A); ``q``: power iterations of the split embeddings; ``rounds``: refinement rounds of the
-    cut direction; ``refine_rounds``: swap rounds per split; the other partition options
-    mirror the in-memory ones."""
+    cut direction; ``refine_rounds``: swap rounds per split; ``reorder``: rewrite a store in
+    hierarchy order before the final fit, ``"auto"`` (when its chunks would be read more than
+    :data:`REORDER_ABOVE` times per pass), ``"always"`` or ``"never"``; ``scratch``: the
+    directory of that temporary store (default: next to the input store); the other partition
+    options mirror the in-memory ones."""
 
     init: str = "best"
     block_items: int = 2048
@@ -84,6 +97,13 @@ class LearnOptions:
     symmetric: bool = False
     psd: bool = False
     seed: int = 0
+    reorder: str = "auto"
+    scratch: str | None = None
+
+
+#: ``reorder="auto"`` rewrites a store in hierarchy order when one pass of the final fit in
+#: the stored order would decode more than this many times the stored chunks
+REORDER_ABOVE = 2.0
 
 
 def default_block_items(client: Any = None) -> int:
@@ -775,6 +795,37 @@ def pick_start(ts: TileSource, rank: int, n_levels: int, o: LearnOptions, client
                   "starts": out}
 
 
+def _reorder(ts: TileSource, rows_s: Hierarchy, cols_s: Hierarchy, rows: Hierarchy,
+             cols: Hierarchy, chunk_items: int, o: LearnOptions, scratch: contextlib.ExitStack,
+             report: Callable[..., None]) -> tuple[Any, dict[str, Any]]:
+    """The source of the final fit: for a store, the matrix rewritten in hierarchy order
+    (:func:`mlr_dask.fit.reorder.reordered_store`, removed when ``scratch`` closes) when
+    ``o.reorder == "always"``, or ``"auto"`` and one pass of the fit in the stored order would
+    decode more than :data:`REORDER_ABOVE` times the stored chunks; else the source as it is.
+    ``rows_s`` / ``cols_s``: the hierarchies in stored positions, ``rows`` / ``cols`` in
+    original items. Counts the reads and writes of the rewrite in ``ts.passes``. Memory per
+    task: ``4 block_items^2`` entries (a quarter of what :func:`default_block_items` allows)."""
+    from mlr_dask.fit.dask import chunk_layout
+    from mlr_dask.fit.reorder import read_amplification, reordered_store
+
+    if ts.kind != "zarr":
+        return ts.fit_source(), {"done": False}
+    _, rch, cch = chunk_layout(rows, cols, chunk_items)
+    amp = read_amplification(rows_s.perm, cols_s.perm, rch, cch,
+                             tuple(int(c) for c in ts.array.chunks))
+    info: dict[str, Any] = {"done": False, "amplification": round(amp, 3)}
+    if o.reorder == "never" or (o.reorder == "auto" and amp <= REORDER_ABOVE):
+        return ts.src, info
+    m, n = ts.shape
+    band = max(4 * o.block_items ** 2, m, n)
+    new, st = scratch.enter_context(reordered_store(
+        ts.src, rows_s.perm, cols_s.perm, rows, cols, band_items=band, scratch=o.scratch,
+        report=report))
+    ts.passes += st["reads"] + st["writes"]
+    info.update(done=True, reads=round(st["reads"], 3), writes=st["writes"], band_items=band)
+    return new, info
+
+
 @dataclass
 class LearnResult:
     """What the learned Dask path reports next to the model."""
@@ -803,7 +854,9 @@ def learn_mlr_dask(
     per stage, ``passes_over_A`` in all, and ``start`` (the start and its sampled errors).
     Cost: the sample read once, the passes of the top levels (with a coarse fit per level
     for the uniform start), one read of each block of the first level that fits
-    ``block_items``, and the final fit's passes (an epoch per growth step or exchange).
+    ``block_items``, for a store usually the rewrite in hierarchy order (read and written
+    twice; disk space: twice the store, temporarily), and the final fit's passes (an epoch
+    per growth step or exchange).
     ``chunk_items`` of the final fit: default ``min(4096, block_items)``."""
     from mlr_dask.fit.dask import fit_mlr_dask
     from mlr_dask.fit.options import Reporter
@@ -827,6 +880,8 @@ def learn_mlr_dask(
                          "columns")
     if rank > min(m, n):
         raise InputError(f"rank {rank} is larger than min(m, n) = {min(m, n)}")
+    if o.reorder not in ("auto", "always", "never"):
+        raise InputError(f"reorder must be 'auto', 'always' or 'never', got {o.reorder!r}")
     for name in ("block_items", "sample_items"):
         if getattr(o, name) < 16:
             raise InputError(f"{name} must be at least 16, got {getattr(o, name)}")
@@ -855,16 +910,21 @@ def learn_mlr_dask(
     else:
         grow_from = None
         ranks = initial_ranks(rank, caps, n_levels > 1)
-    t0 = time.perf_counter()
     if chunk_items is None:  # a task of the fit holds a chunk or two: no larger than a block
         chunk_items = min(4096, o.block_items)
-    M = fit_mlr_dask(ts.fit_source(), rows, cols, ranks, psd=o.psd, max_iter=max_iter,
-                     tol=tol, client=client, chunk_items=chunk_items, q=o.q, seed=o.seed,
-                     engine="numpy" if ts.kind == "numpy" else "dask", grow_from=grow_from,
-                     exchange=n_levels > 1, exchange_steps=o.exchange_steps,
-                     grow_per_step=o.grow_per_step, progress=progress)
-    res.seconds["fit"] = time.perf_counter() - t0
-    res.passes["fit"] = float(M.history_["passes_over_A"])
+    with contextlib.ExitStack() as scratch:
+        src, info = stage("reorder", lambda: _reorder(ts, rows_s, cols_s, rows, cols,
+                                                      chunk_items, o, scratch, report))
+        t0 = time.perf_counter()
+        M = fit_mlr_dask(src, rows, cols, ranks, psd=o.psd, max_iter=max_iter,
+                         tol=tol, client=client, chunk_items=chunk_items, q=o.q, seed=o.seed,
+                         engine="numpy" if ts.kind == "numpy" else "dask",
+                         grow_from=grow_from, exchange=n_levels > 1,
+                         exchange_steps=o.exchange_steps, grow_per_step=o.grow_per_step,
+                         progress=progress)
+        res.seconds["fit"] = time.perf_counter() - t0
+        res.passes["fit"] = float(M.history_["passes_over_A"])
+    M.history_["reorder"] = info
     M.history_["seconds"] = {**res.seconds, "total": sum(res.seconds.values())}
     M.history_["passes"] = {k: round(v, 3) for k, v in res.passes.items()}
     M.history_["passes_over_A"] = round(sum(res.passes.values()), 3)

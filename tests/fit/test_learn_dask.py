@@ -9,7 +9,7 @@ import pytest
 from mlr_dask.datasets.matrices import radial_kernel
 from mlr_dask.datasets.mlr import write_matrix_store
 from mlr_dask.errors import InputError
-from mlr_dask.fit import fit_mlr
+from mlr_dask.fit import DaskSettings, fit_mlr
 from mlr_dask.fit.api import default_levels, load_matrix_store
 from mlr_dask.fit.learn_dask import (
     LearnOptions,
@@ -136,8 +136,9 @@ def test_learned_dask_path_within_2_percent_of_in_memory(radial_store):
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
                       dashboard_address=None) as lc, Client(lc) as client:
         for seed in range(3):
-            Md = fit_mlr(str(path), 20, backend="dask", block_items=200, sample_items=256,
-                         client=client, seed=seed, max_iter=30, chunk_items=4096)
+            Md = fit_mlr(str(path), 20, backend="dask", client=client, seed=seed, max_iter=30,
+                         dask=DaskSettings(block_items=200, sample_items=256,
+                                           chunk_items=4096))
             h = Md.history_
             assert h["learned"] == "dask"
             assert h["passes"]["top_splits"] > 0 and h["passes"]["blocks"] > 0
@@ -187,3 +188,34 @@ def test_learned_dask_path_symmetric_psd():
     np.testing.assert_allclose(D, D.T, atol=1e-10)
     assert _rel(A, M) == pytest.approx(M.history_["rel_error"][-1], rel=1e-9)
     assert _rel(A, M) < 0.5
+
+
+def test_reorder_before_the_final_fit_changes_reads_not_results(tmp_path):
+    """A store in original order: the final fit on the matrix rewritten in hierarchy order
+    (a temporary store next to the input, removed afterwards) gives the same model as the fit
+    reading the scattered chunks of the input, and the rewrite is counted in the passes."""
+    A = radial_kernel(192, seed=4)
+    path = tmp_path / "K.zarr"
+    write_matrix_store(path, A, kind="radial", chunk=64)
+    store = load_matrix_store(path)
+    out = {}
+    with dask.config.set(scheduler="sync"):
+        for mode in ("never", "auto"):
+            out[mode] = learn_mlr_dask(store, 8, default_levels(192, 192), max_iter=2,
+                                       opts=LearnOptions(block_items=80, init="uniform",
+                                                         exchange_steps=1, reorder=mode))
+    h0, h1 = out["never"].history_, out["auto"].history_
+    assert h0["reorder"]["done"] is False and h1["reorder"]["done"] is True
+    assert h1["reorder"]["amplification"] > 2.0  # learned blocks scattered over the chunks
+    assert h1["passes"]["reorder"] >= 4.0 and h0["passes"]["reorder"] == 0.0
+    assert h1["passes_over_A"] == pytest.approx(h0["passes_over_A"] + h1["passes"]["reorder"],
+                                                abs=1e-2)
+    assert "reorder" in h1["seconds"]
+    np.testing.assert_array_equal(out["never"].rows.perm, out["auto"].rows.perm)
+    assert out["never"].ranks == out["auto"].ranks
+    np.testing.assert_allclose(h1["rel_error"], h0["rel_error"], rtol=1e-9)
+    np.testing.assert_allclose(out["auto"].to_dense(), out["never"].to_dense(), atol=1e-9)
+    assert _rel(A, out["auto"]) == pytest.approx(h1["rel_error"][-1], rel=1e-9)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["K.zarr"]  # the rewrite is gone
+    with pytest.raises(InputError, match="reorder"):
+        learn_mlr_dask(store, 10, 6, opts=LearnOptions(reorder="sometimes"))
