@@ -73,7 +73,7 @@ def _quality(kind: str, n: int, rank: int, max_iter: int, tol: float,
              threads: int = 1, grow_trials: int | None = None) -> dict[str, object]:
     from threadpoolctl import threadpool_limits
 
-    from mlr_dask.fit import fit_mlr
+    from mlr_dask.fit import Allocation, Partitioning, fit_mlr
 
     A, noise = _matrix(kind, n, rank)
     m, nn = A.shape
@@ -81,9 +81,9 @@ def _quality(kind: str, n: int, rank: int, max_iter: int, tol: float,
     fit_mlr(A[:64, :64], 4, threads=1)  # compile the numba kernels outside the timing
     kw: dict[str, object] = {} if init is None else {"init": init}
     if split_vectors is not None:
-        kw["split_vectors"] = split_vectors
+        kw["partitioning"] = Partitioning(split_vectors=split_vectors)
     if grow_trials is not None:
-        kw["grow_trials"] = grow_trials
+        kw["allocation"] = Allocation(grow_trials=grow_trials)
     t0, c0 = time.perf_counter(), time.process_time()
     M = fit_mlr(A, rank, max_iter=max_iter, tol=tol, threads=threads, **kw)
     total, cpu = time.perf_counter() - t0, time.process_time() - c0

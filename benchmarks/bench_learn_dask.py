@@ -42,7 +42,7 @@ def run(n: int, rank: int, seeds: list[int], block_items: int, sample_items: int
         workers: int, kind: str = "radial") -> dict[str, Any]:
     from mlr_dask.cluster import connect
     from mlr_dask.datasets.mlr import write_matrix_store
-    from mlr_dask.fit import fit_mlr
+    from mlr_dask.fit import DaskSettings, fit_mlr
 
     A = _matrix(kind, n)
     rows = []
@@ -53,8 +53,8 @@ def run(n: int, rank: int, seeds: list[int], block_items: int, sample_items: int
             with connect(n_workers=workers, quiet=True) as client:
                 t0 = time.perf_counter()
                 Md = fit_mlr(str(path), rank, backend="dask", client=client, seed=seed,
-                             block_items=block_items, sample_items=sample_items,
-                             baselines=False)
+                             dask=DaskSettings(block_items=block_items,
+                                               sample_items=sample_items), baselines=False)
                 t_dask = time.perf_counter() - t0
             t0 = time.perf_counter()
             Mm = fit_mlr(A, rank, seed=seed, baselines=False, threads=workers)

@@ -72,7 +72,7 @@ def run_demo(args: argparse.Namespace) -> dict[str, Any]:
 def _mlr_stage(args: argparse.Namespace, where: Path, client: Any, say: Any) -> dict[str, Any]:
     from mlr_dask.cluster import stage
     from mlr_dask.datasets.mlr import mlr_plus_noise, write_matrix_store
-    from mlr_dask.fit import fit_mlr
+    from mlr_dask.fit import DaskSettings, fit_mlr
     from mlr_dask.graphs import open_matrix, residual_norms
     from mlr_dask.mlr import MLRMatrix
 
@@ -99,7 +99,7 @@ def _mlr_stage(args: argparse.Namespace, where: Path, client: Any, say: Any) -> 
     with stage("fit-mlr"):
         fitted = fit_mlr(str(path), partition="given", ranks=list(truth.ranks),
                          allocate_ranks=False, backend="dask", client=client,
-                         max_iter=args.epochs, chunk_items=1024)
+                         max_iter=args.epochs, dask=DaskSettings(chunk_items=1024))
     seconds["fit"] = time.perf_counter() - t0
     history = getattr(fitted, "history_", {})
     errors = list(history.get("rel_error", [])) if isinstance(history, dict) else []

@@ -76,6 +76,10 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
                         "(default: from the workers' memory limit, at most 4096)")
     p.add_argument("--sample-items", type=_positive_int, default=1024,
                    help="learned Dask path: sampled rows/cols on which --init best picks")
+    p.add_argument("--grow-per-step", type=_positive_int, default=1,
+                   help="learned Dask path: ranks added per growth epoch of the final fit")
+    p.add_argument("--exchange-steps", type=int, default=8,
+                   help="learned Dask path: bound on the rank exchanges of the final fit")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", metavar="MODEL", default=None, help="write the model (zarr)")
     p.add_argument("--overwrite", action="store_true",
@@ -149,6 +153,16 @@ def run_fit(args: argparse.Namespace) -> dict[str, Any]:
     check_chunk_items(args.chunk_items)
     if not np.isfinite(args.tol) or args.tol < 0:
         raise InputError("--tol must be a finite non-negative number")
+    from mlr_dask.fit.settings import Allocation, DaskSettings, Partitioning
+
+    partitioning = Partitioning(split_vectors=args.split_vectors)
+    allocation = Allocation(max_rank_moves=args.max_rank_moves, grow_trials=args.grow_trials)
+    dask_settings = DaskSettings(chunk_items=args.chunk_items, block_items=args.block_items,
+                                 sample_items=args.sample_items,
+                                 grow_per_step=args.grow_per_step,
+                                 exchange_steps=args.exchange_steps)
+    for group in (partitioning, allocation, dask_settings):
+        group.check()  # before any output or work
     out = None
     if args.out is not None:
         from mlr_dask.io import check_output
@@ -174,15 +188,12 @@ def run_fit(args: argparse.Namespace) -> dict[str, Any]:
     with ctx as client:
         with bars:
             M = fit_mlr(store, args.rank, levels=args.levels, partition=args.partition,
-                        init=args.init, split_vectors=args.split_vectors,
-                        allocate_ranks=not args.no_rank_alloc,
-                        max_rank_moves=args.max_rank_moves, threads=args.threads,
-                        grow_trials=args.grow_trials,
-                        method=args.method,
-                        symmetric=args.symmetric, psd=args.psd, max_iter=args.max_iter,
-                        tol=args.tol, seed=args.seed, backend="dask" if use_dask else
-                        args.backend, client=client, chunk_items=args.chunk_items,
-                        block_items=args.block_items, sample_items=args.sample_items)
+                        init=args.init, allocate_ranks=not args.no_rank_alloc,
+                        method=args.method, symmetric=args.symmetric, psd=args.psd,
+                        max_iter=args.max_iter, tol=args.tol, seed=args.seed,
+                        threads=args.threads, backend="dask" if use_dask else args.backend,
+                        client=client, partitioning=partitioning, allocation=allocation,
+                        dask=dask_settings)
         h = M.history_
         # both paths compare the MLR fit with low rank and low rank + diagonal
         lr_err = h.get("lowrank_rel_error")

@@ -41,6 +41,7 @@ from mlr_dask.fit.pipeline import (
     start_ranks,
 )
 from mlr_dask.fit.ranks import rank_caps
+from mlr_dask.fit.settings import Allocation, DaskSettings, Partitioning
 from mlr_dask.fit.store import MatrixStore, load_matrix_store
 from mlr_dask.hierarchy import Hierarchy
 from mlr_dask.mlr import DENSE_LIMIT_BYTES, MLRMatrix
@@ -188,6 +189,7 @@ def fit_mlr(
     hierarchy: Any = None,
     levels: int | None = None,
     ranks: Sequence[int] | None = None,
+    init: str = DEFAULT_INIT,
     partition: str = "spectral",
     allocate_ranks: bool = True,
     method: str = "auto",
@@ -195,27 +197,15 @@ def fit_mlr(
     psd: bool = False,
     max_iter: int = 100,
     tol: float = 1e-3,
-    init: str = DEFAULT_INIT,
-    balanced: bool = False,
-    refine: bool = True,
-    split: str = "normalized",
-    split_vectors: int = 4,
-    partition_epochs: int = 1,
-    alloc_eps: float = 1e-3,
-    alloc_max_steps: int | None = None,
-    max_rank_moves: int | None = None,
-    grow_trials: int = 1,
-    threads: int | None = None,
-    n_jobs: int | None = None,
     baselines: bool = True,
     seed: int = 0,
+    threads: int | None = None,
     backend: str = "auto",
     client: Any = None,
-    chunk_items: int | None = None,
-    power_iters: int = 2,
-    block_items: int | None = None,
-    sample_items: int = 1024,
     progress: Callable[[str, dict[str, Any]], None] | None = None,
+    partitioning: Partitioning | None = None,
+    allocation: Allocation | None = None,
+    dask: DaskSettings | None = None,
 ) -> MLRMatrix:
     """Fit an MLR matrix of total rank ``rank`` to ``A``.
 
@@ -247,30 +237,18 @@ def fit_mlr(
         all on the root.
     allocate_ranks : run the rank exchange after the start (the growth of ``init="bottom"``
         runs regardless: it is what reaches the total rank).
-    max_rank_moves : bound on the steps of rank allocation, growth and exchange together
-        (default :data:`DEFAULT_MAX_RANK_MOVES`; ``alloc_max_steps`` is an older name). When
-        growth would need more steps, its last step adds all the rest by the predicted gains.
-    alloc_eps : an exchange is accepted when it lowers the loss by this fraction.
-    grow_trials : levels tried per growth step of ``init="bottom"``, each on a copy with one
-        BCD epoch (run in parallel on ``threads``), the best kept; 1 (default) takes the
-        level of largest predicted gain without a trial. 3 lowered the error on the radial
-        kernel (n = 2000, r = 28) from 0.055 to 0.053 for twice the allocation time.
-    threads : BLAS / numba threads of every in-memory stage (threadpoolctl limits), and
-        parallel rank-allocation trials (one BLAS thread each); default: the cores this
-        process may use. ``n_jobs`` is an older name.
-    baselines : also fit low rank and low rank + diagonal at the same storage (in memory)
-        and return the best of the three; ``history_`` reports all three errors.
-    balanced, refine, split, split_vectors, partition_epochs : partitioning options (see
-        :func:`mlr_dask.fit.partition.spectral_partition`): equal halves or a cut at the sign
-        change, greedy swap refinement, ``"normalized"`` co-clustering or ``"centered"``
-        splits, the embedding dimension of each split, BCD epochs of the coarser levels
-        before each split.
     method : ``"bcd"``, ``"als"`` or ``"auto"`` (default) for the final fit. ``"auto"`` takes
         ALS when it is affordable (:func:`als_affordable`) and falls back to BCD as soon as
         an ALS epoch costs more than 3 BCD epochs timed in the same run.
     symmetric : square matrix, same hierarchy for rows and columns (Fiedler partitioning).
     psd : symmetric PSD model ``B B^T`` with clipped eigenvalues (implies ``symmetric``).
     max_iter, tol : epochs of the final fit and the relative-decrease stopping rule.
+    baselines : also fit low rank and low rank + diagonal at the same storage (in memory, or
+        on the Dask path by :mod:`mlr_dask.fit.baselines_dask`) and return the best of the
+        three; ``history_`` reports all three errors.
+    threads : BLAS / numba threads of every in-memory stage (threadpoolctl limits), and
+        parallel rank-allocation trials (one BLAS thread each); default: the cores this
+        process may use.
     backend : ``"auto"`` (Dask for dask / zarr inputs larger than the in-memory limit, numpy
         otherwise), ``"numpy"`` or ``"dask"``. On the Dask path a given hierarchy is fitted
         with the ranks as given (or the starting allocation: no rank allocation); otherwise
@@ -278,13 +256,13 @@ def fit_mlr(
         learn_mlr_dask`: the start picked on a sample by futures, top splits by passes over
         the tiles, the blocks below as tasks, then growth and exchange of the ranks on the
         whole matrix).
-    client, chunk_items, power_iters : Dask path options (see :func:`mlr_dask.fit.dask.
-        fit_mlr_dask`); the default scheduler is used when ``client`` is None.
-    block_items, sample_items : learned Dask path: the largest block side one task learns in
-        memory (default from the workers' memory limit, at most 4096) and the sampled rows
-        (columns) on which ``init="best"`` picks its start.
+    client : the Dask client of the Dask path (the default scheduler when None).
     progress : optional callback ``progress(stage, info)``; every step is also published with
         :func:`mlr_dask.events.publish` (stages ``partition``, ``rank_move``, ``epoch``).
+    partitioning, allocation, dask : the expert settings of each stage
+        (:class:`~mlr_dask.fit.settings.Partitioning`,
+        :class:`~mlr_dask.fit.settings.Allocation`,
+        :class:`~mlr_dask.fit.settings.DaskSettings`); default: their defaults.
 
     Memory: the in-memory path materializes about three m x n float64 arrays (the matrix, the
     residual, and one trial copy per thread during rank allocation; an ALS final fit adds
@@ -313,17 +291,16 @@ def fit_mlr(
         raise InputError(f"partition must be 'spectral', 'dyadic' or 'given', got {partition!r}")
     if backend not in ("auto", "numpy", "dask"):
         raise InputError(f"backend must be 'auto', 'numpy' or 'dask', got {backend!r}")
-    if not isinstance(split_vectors, int | np.integer) or split_vectors < 1:
-        raise InputError(f"split_vectors must be a positive integer, got {split_vectors!r}")
-    if max_rank_moves is None:
-        max_rank_moves = alloc_max_steps if alloc_max_steps is not None \
-            else DEFAULT_MAX_RANK_MOVES
-    if not isinstance(grow_trials, int | np.integer) or grow_trials < 1:
-        raise InputError(f"grow_trials must be a positive integer, got {grow_trials!r}")
-    if not isinstance(max_rank_moves, int | np.integer) or max_rank_moves < 1:
-        raise InputError(f"max_rank_moves must be a positive integer, got {max_rank_moves!r}")
+    partitioning = partitioning if partitioning is not None else Partitioning()
+    allocation = allocation if allocation is not None else Allocation()
+    dask = dask if dask is not None else DaskSettings()
+    for group, cls in ((partitioning, Partitioning), (allocation, Allocation),
+                       (dask, DaskSettings)):
+        if not isinstance(group, cls):
+            raise InputError(f"expected a {cls.__name__}, got {type(group).__name__}")
+        group.check()
     if threads is None:
-        threads = n_jobs if n_jobs is not None else default_threads()
+        threads = default_threads()
     if not isinstance(threads, int | np.integer) or threads < 1:
         raise InputError(f"threads must be a positive integer, got {threads!r}")
     if rank is None and ranks is None:
@@ -409,16 +386,19 @@ def fit_mlr(
                     raise InputError(f"init {init!r} is not available on the Dask path: "
                                      "'best', 'bottom' or 'uniform'")
                 lo = LearnOptions(
-                    init=init, block_items=int(block_items) if block_items is not None
-                    else default_block_items(client), sample_items=int(sample_items),
-                    q=int(power_iters), balanced=bool(balanced), refine=bool(refine),
-                    split=split, n_vectors=int(split_vectors), symmetric=symmetric, psd=psd,
+                    init=init, block_items=int(dask.block_items) if dask.block_items
+                    is not None else default_block_items(client),
+                    sample_items=int(dask.sample_items), q=int(dask.power_iters),
+                    balanced=partitioning.balanced, refine=partitioning.refine,
+                    split=partitioning.split, n_vectors=int(partitioning.split_vectors),
+                    grow_per_step=int(dask.grow_per_step),
+                    exchange_steps=int(dask.exchange_steps), symmetric=symmetric, psd=psd,
                     seed=int(seed))
                 if ranks is not None:
                     raise InputError("ranks are learned on the Dask path: give the total rank "
                                      "only, or a hierarchy with the ranks")
             src = store if store is not None else dask_arr
-            base_chunks = chunk_items
+            chunk_items = base_chunks = dask.chunk_items
             if rows is None:
                 if base_chunks is None:  # as the learned fit: a chunk no larger than a block
                     base_chunks = min(4096, lo.block_items)
@@ -430,7 +410,7 @@ def fit_mlr(
                 rk = list(ranks) if ranks is not None else initial_ranks(
                     rank, caps, rows.has_atoms and cols.n_blocks[-1] == min(m, n))
                 M = fit_mlr_dask(src, rows, cols, rk, psd=psd, max_iter=max_iter, tol=tol,
-                                 client=client, chunk_items=chunk_items, q=power_iters,
+                                 client=client, chunk_items=chunk_items, q=dask.power_iters,
                                  seed=seed, progress=progress)
                 if allocate_ranks:
                     M.history_["notes"] = ["rank allocation is not run on the Dask path: the "
@@ -439,7 +419,7 @@ def fit_mlr(
                 from mlr_dask.fit.baselines_dask import with_baselines
 
                 M = with_baselines(M, src, rank, psd=psd, tol=tol, client=client,
-                                   chunk_items=base_chunks, q=power_iters, seed=seed,
+                                   chunk_items=base_chunks, q=dask.power_iters, seed=seed,
                                    progress=progress)
             return M
     if operator is not None:
@@ -447,7 +427,7 @@ def fit_mlr(
 
         rk = list(ranks) if ranks is not None else initial_ranks(rank, caps, rows.has_atoms)
         return fit_mlr_operator(operator, rows, cols, rk, psd=psd, max_iter=max_iter, tol=tol,
-                                q=power_iters, seed=seed, progress=progress)
+                                q=dask.power_iters, seed=seed, progress=progress)
     if backend == "dask" and store is None and dask_arr is None:
         raise InputError("backend='dask' needs a dask array or a zarr matrix store")
 
@@ -463,11 +443,13 @@ def fit_mlr(
     load_s = time.perf_counter() - t0
     opts = Options(
         partition=PartitionOptions(method=partition, levels=levels, init=init,
-                                   balanced=balanced, refine=refine, split=split,
-                                   split_vectors=int(split_vectors), epochs=partition_epochs),
-        allocation=AllocationOptions(enabled=bool(allocate_ranks), eps=alloc_eps,
-                                     max_rank_moves=int(max_rank_moves),
-                                     grow_trials=int(grow_trials)),
+                                   balanced=partitioning.balanced, refine=partitioning.refine,
+                                   split=partitioning.split,
+                                   split_vectors=int(partitioning.split_vectors),
+                                   epochs=int(partitioning.epochs)),
+        allocation=AllocationOptions(enabled=bool(allocate_ranks), eps=float(allocation.eps),
+                                     max_rank_moves=int(allocation.max_rank_moves),
+                                     grow_trials=int(allocation.grow_trials)),
         fit=FitOptions(method=method, max_iter=max_iter, tol=tol),
         symmetric=symmetric, psd=psd, seed=seed, threads=int(threads),
         baselines=bool(baselines))

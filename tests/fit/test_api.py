@@ -5,7 +5,7 @@ import scipy.sparse.linalg as spla
 import mlr_dask.fit.api as api
 from mlr_dask.datasets.mlr import mlr_plus_noise
 from mlr_dask.errors import InputError
-from mlr_dask.fit import fit_mlr, lowrank
+from mlr_dask.fit import Allocation, DaskSettings, Partitioning, fit_mlr, lowrank
 from mlr_dask.hierarchy import Hierarchy
 
 
@@ -35,10 +35,15 @@ def no_work(monkeypatch):
         (np.ones((8,)), {"rank": 1}, "2-D"),
         (np.ones((8, 8)), {"rank": 2, "levels": 7}, "levels need"),
         (np.ones((8, 8)), {"rank": 2, "init": "middle"}, "init"),
-        (np.ones((8, 8)), {"rank": 2, "split_vectors": 0}, "split_vectors"),
-        (np.ones((8, 8)), {"rank": 2, "max_rank_moves": 0}, "max_rank_moves"),
+        (np.ones((8, 8)), {"rank": 2, "partitioning": Partitioning(split_vectors=0)},
+         "split_vectors"),
+        (np.ones((8, 8)), {"rank": 2, "partitioning": Partitioning(split="median")}, "split"),
+        (np.ones((8, 8)), {"rank": 2, "allocation": Allocation(max_rank_moves=0)},
+         "max_rank_moves"),
         (np.ones((8, 8)), {"rank": 2, "threads": 0}, "threads"),
-        (np.ones((8, 8)), {"rank": 2, "grow_trials": 0}, "grow_trials"),
+        (np.ones((8, 8)), {"rank": 2, "allocation": Allocation(grow_trials=0)}, "grow_trials"),
+        (np.ones((8, 8)), {"rank": 2, "allocation": DaskSettings()}, "Allocation"),
+        (np.ones((8, 8)), {"rank": 2, "dask": DaskSettings(sample_items=8)}, "sample_items"),
     ],
 )
 def test_bad_input_raises_before_work(no_work, A, kwargs, match):

@@ -2,7 +2,7 @@ import dask.array as da
 import numpy as np
 
 from mlr_dask.datasets.mlr import write_matrix_store
-from mlr_dask.fit import fit_mlr, lowrank_plus_diagonal
+from mlr_dask.fit import DaskSettings, fit_mlr, lowrank_plus_diagonal
 from mlr_dask.fit.api import load_matrix_store
 from mlr_dask.fit.baselines_dask import fit_baselines_dask, keep_best
 from mlr_dask.hierarchy import Hierarchy
@@ -56,7 +56,7 @@ def test_dask_fit_never_returns_worse_than_the_baselines():
     # a fixed hierarchy that cannot hold the diagonal: two levels of contiguous halves
     h = Hierarchy([[0, 128], [0, 64, 128]])
     M = fit_mlr(da.from_array(A, chunks=64), hierarchy=h, ranks=[3, 2], allocate_ranks=False,
-                backend="dask", chunk_items=64, max_iter=3)
+                backend="dask", dask=DaskSettings(chunk_items=64), max_iter=3)
     hist = M.history_
     assert hist["returned"] == "lowrank_diag"
     assert hist["lowrank_diag_rel_error"] < hist["mlr_rel_error"]

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from mlr_dask.datasets.mlr import mlr_plus_noise, write_matrix_store
-from mlr_dask.fit import fit_factors, fit_mlr
+from mlr_dask.fit import DaskSettings, fit_factors, fit_mlr
 from mlr_dask.fit.api import load_matrix_store
 from mlr_dask.fit.dask import chunk_layout, fit_mlr_dask
 
@@ -74,8 +74,9 @@ def test_fit_mlr_backend_dask_with_distributed_client(problem):
                       dashboard_address="127.0.0.1:0") as cluster, \
             Client(cluster) as client:
         M = fit_mlr(da.from_array(A, chunks=64), hierarchy=(truth.rows, truth.cols),
-                    ranks=truth.ranks, allocate_ranks=False, backend="dask", chunk_items=40,
-                    max_iter=1, client=client, baselines=False)
+                    ranks=truth.ranks, allocate_ranks=False, backend="dask",
+                    dask=DaskSettings(chunk_items=40), max_iter=1, client=client,
+                    baselines=False)
     assert M.history_["n_chunks"] >= 3
     Mn = fit_mlr_dask(da.from_array(A, chunks=64), truth.rows, truth.cols, truth.ranks,
                       engine="numpy", chunk_items=40, max_iter=1)

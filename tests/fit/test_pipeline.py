@@ -8,7 +8,7 @@ import pytest
 import mlr_dask.fit.pipeline as pipeline
 from mlr_dask.datasets.matrices import radial_kernel
 from mlr_dask.datasets.mlr import mlr_plus_noise
-from mlr_dask.fit import fit_mlr
+from mlr_dask.fit import Allocation, fit_mlr
 
 
 def _rel(A, M):
@@ -57,7 +57,8 @@ def test_learned_fit_never_worse_than_baselines_and_reports_them():
 def test_rank_moves_are_bounded_and_reach_the_total():
     A = radial_kernel(64, seed=1)
     events = []
-    M = fit_mlr(A, 32, init="bottom", max_rank_moves=5, max_iter=3, baselines=False,
+    M = fit_mlr(A, 32, init="bottom", allocation=Allocation(max_rank_moves=5), max_iter=3,
+                baselines=False,
                 progress=lambda stage, info: events.append((stage, info)))
     h = M.history_
     assert sum(M.ranks) == 32
@@ -182,7 +183,7 @@ def test_growth_trials_never_worse_than_their_best_candidate():
     A = radial_kernel(128, seed=9)
     one = fit_mlr(A, 10, init="bottom", allocate_ranks=False, max_iter=1, baselines=False)
     three = fit_mlr(A, 10, init="bottom", allocate_ranks=False, max_iter=1, baselines=False,
-                    grow_trials=3, threads=2)
+                    allocation=Allocation(grow_trials=3), threads=2)
     g1 = [m for m in one.history_["rank_moves"] if m["src"] is None]
     g3 = [m for m in three.history_["rank_moves"] if m["src"] is None]
     assert len(g1) == len(g3) == 9 and sum(three.ranks) == 10
