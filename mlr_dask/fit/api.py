@@ -179,7 +179,7 @@ def _warn_if_asymmetric(A: np.ndarray) -> None:
     if rel > 1e-6:
         warnings.warn(f"symmetric=True uses one hierarchy for rows and columns, but A is far "
                       f"from symmetric (||A - A^T|| / ||A|| = {rel:.3g}); the fit will be poor",
-                      UserWarning, stacklevel=3)
+                      UserWarning, stacklevel=4)
 
 
 def fit_mlr(
@@ -281,166 +281,42 @@ def fit_mlr(
     """
     psd = bool(psd)
     symmetric = bool(symmetric) or psd
-    if method not in ("auto", "bcd", "als"):
-        raise InputError(f"method must be 'auto', 'bcd' or 'als', got {method!r}")
-    if psd and method == "als":
-        raise InputError("the PSD variant is fitted by BCD only")
-    if init not in INITS:
-        raise InputError(f"init must be one of {', '.join(map(repr, INITS))}, got {init!r}")
-    if partition not in ("spectral", "dyadic", "given"):
-        raise InputError(f"partition must be 'spectral', 'dyadic' or 'given', got {partition!r}")
-    if backend not in ("auto", "numpy", "dask"):
-        raise InputError(f"backend must be 'auto', 'numpy' or 'dask', got {backend!r}")
-    partitioning = partitioning if partitioning is not None else Partitioning()
-    allocation = allocation if allocation is not None else Allocation()
-    dask = dask if dask is not None else DaskSettings()
-    for group, cls in ((partitioning, Partitioning), (allocation, Allocation),
-                       (dask, DaskSettings)):
-        if not isinstance(group, cls):
-            raise InputError(f"expected a {cls.__name__}, got {type(group).__name__}")
-        group.check()
-    if threads is None:
-        threads = default_threads()
+    _check_choices(method, psd, init, partition, backend)
+    partitioning, allocation, dask = _check_settings(partitioning, allocation, dask)
+    threads = default_threads() if threads is None else threads
     if not isinstance(threads, int | np.integer) or threads < 1:
         raise InputError(f"threads must be a positive integer, got {threads!r}")
-    if rank is None and ranks is None:
-        raise InputError("give the total rank or the ranks per level")
-    if rank is not None and (not isinstance(rank, int | np.integer) or rank < 1):
-        raise InputError(f"rank must be a positive integer, got {rank!r}")
-    if ranks is not None and rank is not None and sum(int(r) for r in ranks) != rank:
-        raise InputError(f"ranks {list(ranks)} do not sum to rank {rank}")
-    if ranks is not None:
-        rank = sum(int(r) for r in ranks)
-
-    store: MatrixStore | None = None
-    operator = None
-    dask_arr = None
-    if isinstance(A, MatrixStore):
-        store = A
-        shape = store.shape
-    elif isinstance(A, str | Path | os.PathLike):
-        store = load_matrix_store(A)
-        shape = store.shape
-    elif _is_dask(A):
-        dask_arr = A
-        shape = tuple(A.shape)
-    elif isinstance(A, spla.LinearOperator) and not isinstance(A, np.ndarray):
-        operator = A
-        shape = tuple(A.shape)
-    else:
-        A = _check_dense(np.asarray(A))
-        shape = A.shape
-    if len(shape) != 2:
-        raise InputError(f"A must be 2-D, got shape {shape}")
-    m, n = int(shape[0]), int(shape[1])
+    rank = _check_total(rank, ranks)
+    kind, src, (m, n) = _open_input(A)
     if symmetric and m != n:
         raise InputError(f"symmetric=True needs a square matrix, got {m} x {n}")
     if rank > min(m, n):
         raise InputError(f"rank {rank} is larger than min(m, n) = {min(m, n)}")
+    rows, cols, L = _fixed_hierarchy(hierarchy, partition, levels, ranks, kind, src, m, n,
+                                     symmetric)
+    engine = _engine(kind, backend, m, n)
+    if engine == "dask":
+        M = _fit_dask(src, rank, L, rows, cols, ranks, init=init, symmetric=symmetric,
+                      psd=psd, allocate_ranks=allocate_ranks, max_iter=max_iter, tol=tol,
+                      seed=seed, client=client, partitioning=partitioning, dask=dask,
+                      progress=progress)
+        if baselines:
+            from mlr_dask.fit.baselines_dask import with_baselines
 
-    # ---- the hierarchy (validated before any work)
-    rows = cols = None
-    if hierarchy is not None:
-        rows, cols = _hier_pair(hierarchy, m, n, symmetric)
-        if levels is not None and levels != rows.n_levels:
-            raise InputError(f"levels={levels} but the hierarchy has {rows.n_levels} levels")
-    elif partition == "given":
-        if store is None or store.rows is None:
-            raise InputError("partition='given' needs a matrix store with stored hierarchies")
-        rows, cols = _hier_pair((store.rows, store.cols), m, n, symmetric)
-    L = rows.n_levels if rows is not None else (
-        levels if levels is not None else (len(ranks) if ranks is not None
-                                           else default_levels(m, n)))
-    if L < 1:
-        raise InputError("levels must be at least 1")
-    if ranks is not None and len(ranks) != L:
-        raise InputError(f"ranks has {len(ranks)} entries for {L} levels")
-    if rows is None and partition == "dyadic" or (rows is None and operator is not None):
-        if L > 1 and 2 ** (L - 2) > min(m, n):
-            raise InputError(f"{L} levels need at least {2 ** (L - 2)} rows and columns")
-        rows = Hierarchy.dyadic(m, max(1, L - 1))
-        cols = Hierarchy.dyadic(n, max(1, L - 1))
-        if L > 1:
-            c = atom_counts(rows, cols)
-            rows, cols = rows.refine(c), cols.refine(c)
-    if rows is None and L > 1 and 2 ** (L - 2) > min(m, n):
-        raise InputError(f"{L} levels need at least {2 ** (L - 2)} rows and columns")
-    if rows is not None:
-        caps = rank_caps(rows.boundaries, cols.boundaries)
-        if ranks is not None:
-            _check_ranks(ranks, rows, cols)
-
-    # ---- the engine: Dask (learned, or a fixed hierarchy without allocation) or in memory
-    if (store is not None or dask_arr is not None) and operator is None:
-        nbytes = m * n * 8
-        use_dask = backend == "dask" or (backend == "auto" and 3 * nbytes > DENSE_LIMIT_BYTES)
-        if use_dask:
-            if rows is None:
-                from mlr_dask.fit.learn_dask import (
-                    LearnOptions,
-                    default_block_items,
-                    learn_mlr_dask,
-                )
-
-                if init not in ("best", "bottom", "uniform"):
-                    raise InputError(f"init {init!r} is not available on the Dask path: "
-                                     "'best', 'bottom' or 'uniform'")
-                lo = LearnOptions(
-                    init=init, block_items=int(dask.block_items) if dask.block_items
-                    is not None else default_block_items(client),
-                    sample_items=int(dask.sample_items), q=int(dask.power_iters),
-                    balanced=partitioning.balanced, refine=partitioning.refine,
-                    split=partitioning.split, n_vectors=int(partitioning.split_vectors),
-                    grow_per_step=int(dask.grow_per_step),
-                    exchange_steps=int(dask.exchange_steps), symmetric=symmetric, psd=psd,
-                    seed=int(seed))
-                if ranks is not None:
-                    raise InputError("ranks are learned on the Dask path: give the total rank "
-                                     "only, or a hierarchy with the ranks")
-            src = store if store is not None else dask_arr
-            chunk_items = base_chunks = dask.chunk_items
-            if rows is None:
-                if base_chunks is None:  # as the learned fit: a chunk no larger than a block
-                    base_chunks = min(4096, lo.block_items)
-                M = learn_mlr_dask(src, rank, L, opts=lo, max_iter=max_iter, tol=tol,
-                                   chunk_items=chunk_items, client=client, progress=progress)
-            else:
-                from mlr_dask.fit.dask import fit_mlr_dask
-
-                rk = list(ranks) if ranks is not None else initial_ranks(
-                    rank, caps, rows.has_atoms and cols.n_blocks[-1] == min(m, n))
-                M = fit_mlr_dask(src, rows, cols, rk, psd=psd, max_iter=max_iter, tol=tol,
-                                 client=client, chunk_items=chunk_items, q=dask.power_iters,
-                                 seed=seed, progress=progress)
-                if allocate_ranks:
-                    M.history_["notes"] = ["rank allocation is not run on the Dask path: the "
-                                           "starting ranks were kept"]
-            if baselines:
-                from mlr_dask.fit.baselines_dask import with_baselines
-
-                M = with_baselines(M, src, rank, psd=psd, tol=tol, client=client,
-                                   chunk_items=base_chunks, q=dask.power_iters, seed=seed,
-                                   progress=progress)
-            return M
-    if operator is not None:
+            chunks = dask.chunk_items
+            if chunks is None and "block_items" in M.history_:  # as the learned fit's chunks
+                chunks = min(4096, int(M.history_["block_items"]))
+            M = with_baselines(M, src, rank, psd=psd, tol=tol, client=client,
+                               chunk_items=chunks, q=dask.power_iters, seed=seed,
+                               progress=progress)
+        return M
+    if engine == "operator":
         from mlr_dask.fit.dask import fit_mlr_operator
 
+        caps = rank_caps(rows.boundaries, cols.boundaries)
         rk = list(ranks) if ranks is not None else initial_ranks(rank, caps, rows.has_atoms)
-        return fit_mlr_operator(operator, rows, cols, rk, psd=psd, max_iter=max_iter, tol=tol,
+        return fit_mlr_operator(src, rows, cols, rk, psd=psd, max_iter=max_iter, tol=tol,
                                 q=dask.power_iters, seed=seed, progress=progress)
-    if backend == "dask" and store is None and dask_arr is None:
-        raise InputError("backend='dask' needs a dask array or a zarr matrix store")
-
-    import time
-
-    t0 = time.perf_counter()
-    if store is not None:
-        A = _check_dense(store.dense_original())
-    elif dask_arr is not None:
-        A = _check_dense(np.asarray(dask_arr.compute()))
-    if symmetric:
-        _warn_if_asymmetric(A)
-    load_s = time.perf_counter() - t0
     opts = Options(
         partition=PartitionOptions(method=partition, levels=levels, init=init,
                                    balanced=partitioning.balanced, refine=partitioning.refine,
@@ -453,6 +329,178 @@ def fit_mlr(
         fit=FitOptions(method=method, max_iter=max_iter, tol=tol),
         symmetric=symmetric, psd=psd, seed=seed, threads=int(threads),
         baselines=bool(baselines))
+    return _fit_in_memory(kind, src, rank, opts, rows, cols, ranks, L, progress)
+
+
+# ------------------------------------------------------------------ the stages of fit_mlr
+def _check_choices(method: str, psd: bool, init: str, partition: str, backend: str) -> None:
+    if method not in ("auto", "bcd", "als"):
+        raise InputError(f"method must be 'auto', 'bcd' or 'als', got {method!r}")
+    if psd and method == "als":
+        raise InputError("the PSD variant is fitted by BCD only")
+    if init not in INITS:
+        raise InputError(f"init must be one of {', '.join(map(repr, INITS))}, got {init!r}")
+    if partition not in ("spectral", "dyadic", "given"):
+        raise InputError(f"partition must be 'spectral', 'dyadic' or 'given', got {partition!r}")
+    if backend not in ("auto", "numpy", "dask"):
+        raise InputError(f"backend must be 'auto', 'numpy' or 'dask', got {backend!r}")
+
+
+def _check_settings(partitioning: Any, allocation: Any, dask: Any
+                    ) -> tuple[Partitioning, Allocation, DaskSettings]:
+    """The settings groups, defaults filled in, each checked."""
+    groups = (partitioning if partitioning is not None else Partitioning(),
+              allocation if allocation is not None else Allocation(),
+              dask if dask is not None else DaskSettings())
+    for group, cls in zip(groups, (Partitioning, Allocation, DaskSettings), strict=True):
+        if not isinstance(group, cls):
+            raise InputError(f"expected a {cls.__name__}, got {type(group).__name__}")
+        group.check()
+    return groups
+
+
+def _check_total(rank: Any, ranks: Sequence[int] | None) -> int:
+    """The total rank, from ``rank`` or the sum of ``ranks`` (both given: they must agree)."""
+    if rank is None and ranks is None:
+        raise InputError("give the total rank or the ranks per level")
+    if rank is not None and (not isinstance(rank, int | np.integer) or rank < 1):
+        raise InputError(f"rank must be a positive integer, got {rank!r}")
+    if ranks is not None and rank is not None and sum(int(r) for r in ranks) != rank:
+        raise InputError(f"ranks {list(ranks)} do not sum to rank {rank}")
+    return int(rank) if ranks is None else sum(int(r) for r in ranks)
+
+
+def _open_input(A: Any) -> tuple[str, Any, tuple[int, int]]:
+    """What ``A`` is: ``("store", MatrixStore)`` (a store or its path; metadata read only),
+    ``("dask", array)``, ``("operator", LinearOperator)`` or ``("dense", float64 array)``
+    (checked finite), with its shape (m, n)."""
+    if isinstance(A, MatrixStore):
+        kind, src = "store", A
+    elif isinstance(A, str | Path | os.PathLike):
+        kind, src = "store", load_matrix_store(A)
+    elif _is_dask(A):
+        kind, src = "dask", A
+    elif isinstance(A, spla.LinearOperator) and not isinstance(A, np.ndarray):
+        kind, src = "operator", A
+    else:
+        kind, src = "dense", _check_dense(np.asarray(A))
+    shape = tuple(src.shape)
+    if len(shape) != 2:
+        raise InputError(f"A must be 2-D, got shape {shape}")
+    return kind, src, (int(shape[0]), int(shape[1]))
+
+
+def _fixed_hierarchy(hierarchy: Any, partition: str, levels: int | None,
+                     ranks: Sequence[int] | None, kind: str, src: Any, m: int, n: int,
+                     symmetric: bool) -> tuple[Hierarchy | None, Hierarchy | None, int]:
+    """The hierarchy pair when it is not learned (given, stored with the matrix, or dyadic;
+    ``None`` otherwise) and the number of levels, all checked against the shape and the
+    ranks before any work."""
+    rows = cols = None
+    if hierarchy is not None:
+        rows, cols = _hier_pair(hierarchy, m, n, symmetric)
+        if levels is not None and levels != rows.n_levels:
+            raise InputError(f"levels={levels} but the hierarchy has {rows.n_levels} levels")
+    elif partition == "given":
+        if kind != "store" or src.rows is None:
+            raise InputError("partition='given' needs a matrix store with stored hierarchies")
+        rows, cols = _hier_pair((src.rows, src.cols), m, n, symmetric)
+    L = rows.n_levels if rows is not None else (
+        levels if levels is not None else (len(ranks) if ranks is not None
+                                           else default_levels(m, n)))
+    if L < 1:
+        raise InputError("levels must be at least 1")
+    if ranks is not None and len(ranks) != L:
+        raise InputError(f"ranks has {len(ranks)} entries for {L} levels")
+    if rows is None and L > 1 and 2 ** (L - 2) > min(m, n):
+        raise InputError(f"{L} levels need at least {2 ** (L - 2)} rows and columns")
+    if rows is None and (partition == "dyadic" or kind == "operator"):
+        rows = Hierarchy.dyadic(m, max(1, L - 1))
+        cols = Hierarchy.dyadic(n, max(1, L - 1))
+        if L > 1:
+            c = atom_counts(rows, cols)
+            rows, cols = rows.refine(c), cols.refine(c)
+    if rows is not None and ranks is not None:
+        _check_ranks(ranks, rows, cols)
+    return rows, cols, L
+
+
+def _engine(kind: str, backend: str, m: int, n: int) -> str:
+    """``"dask"`` for dask and store inputs with ``backend="dask"``, or with ``"auto"`` when
+    the in-memory pipeline's three m x n arrays would exceed ``DENSE_LIMIT_BYTES``;
+    ``"operator"`` for matvec-only input; ``"numpy"`` otherwise."""
+    if kind == "operator":
+        return "operator"
+    if kind in ("store", "dask"):
+        big = 3 * m * n * 8 > DENSE_LIMIT_BYTES
+        if backend == "dask" or (backend == "auto" and big):
+            return "dask"
+    elif backend == "dask":
+        raise InputError("backend='dask' needs a dask array or a zarr matrix store")
+    return "numpy"
+
+
+def _fit_dask(src: Any, rank: int, L: int, rows: Hierarchy | None, cols: Hierarchy | None,
+              ranks: Sequence[int] | None, *, init: str, symmetric: bool, psd: bool,
+              allocate_ranks: bool, max_iter: int, tol: float, seed: int, client: Any,
+              partitioning: Partitioning, dask: DaskSettings,
+              progress: Callable[[str, dict[str, Any]], None] | None) -> MLRMatrix:
+    """The Dask engine: the hierarchy and ranks learned (:func:`mlr_dask.fit.learn_dask.
+    learn_mlr_dask`) or, with a fixed hierarchy, the factors fitted at the given (or
+    starting) ranks (:func:`mlr_dask.fit.dask.fit_mlr_dask`). Memory: chunks and blocks."""
+    m, n = (int(s) for s in src.shape)
+    if rows is None:
+        from mlr_dask.fit.learn_dask import LearnOptions, default_block_items, learn_mlr_dask
+
+        if init not in ("best", "bottom", "uniform"):
+            raise InputError(f"init {init!r} is not available on the Dask path: "
+                             "'best', 'bottom' or 'uniform'")
+        if ranks is not None:
+            raise InputError("ranks are learned on the Dask path: give the total rank "
+                             "only, or a hierarchy with the ranks")
+        lo = LearnOptions(
+            init=init, block_items=int(dask.block_items) if dask.block_items is not None
+            else default_block_items(client), sample_items=int(dask.sample_items),
+            q=int(dask.power_iters), balanced=partitioning.balanced,
+            refine=partitioning.refine, split=partitioning.split,
+            n_vectors=int(partitioning.split_vectors), grow_per_step=int(dask.grow_per_step),
+            exchange_steps=int(dask.exchange_steps), symmetric=symmetric, psd=psd,
+            seed=int(seed))
+        M = learn_mlr_dask(src, rank, L, opts=lo, max_iter=max_iter, tol=tol,
+                           chunk_items=dask.chunk_items, client=client, progress=progress)
+        M.history_["block_items"] = lo.block_items
+        return M
+    from mlr_dask.fit.dask import fit_mlr_dask
+
+    caps = rank_caps(rows.boundaries, cols.boundaries)
+    rk = list(ranks) if ranks is not None else initial_ranks(
+        rank, caps, rows.has_atoms and cols.n_blocks[-1] == min(m, n))
+    M = fit_mlr_dask(src, rows, cols, rk, psd=psd, max_iter=max_iter, tol=tol, client=client,
+                     chunk_items=dask.chunk_items, q=dask.power_iters, seed=seed,
+                     progress=progress)
+    if allocate_ranks:
+        M.history_["notes"] = ["rank allocation is not run on the Dask path: the starting "
+                               "ranks were kept"]
+    return M
+
+
+def _fit_in_memory(kind: str, src: Any, rank: int, opts: Options, rows: Hierarchy | None,
+                   cols: Hierarchy | None, ranks: Sequence[int] | None, L: int,
+                   progress: Callable[[str, dict[str, Any]], None] | None) -> MLRMatrix:
+    """The numpy engine: ``src`` loaded in original order (stores and dask arrays), then the
+    stages of :func:`mlr_dask.fit.pipeline.run`. Memory: about three m x n arrays."""
+    import time
+
+    t0 = time.perf_counter()
+    if kind == "store":
+        A = _check_dense(src.dense_original())
+    elif kind == "dask":
+        A = _check_dense(np.asarray(src.compute()))
+    else:
+        A = src
+    if opts.symmetric:
+        _warn_if_asymmetric(A)
+    load_s = time.perf_counter() - t0
     M = pipeline.run(A, rank, opts, Reporter(progress), rows=rows, cols=cols,
                      ranks=None if ranks is None else [int(r) for r in ranks],
                      levels=L if rows is None else None)
