@@ -7,7 +7,8 @@ picked on a sample by futures, top splits by passes over the tiles, blocks below
 growth and exchange of the ranks on the whole matrix) on an embedded cluster of ``--workers``
 single-threaded workers. Several seeds, since both depend on the seed by a few percent. Prints
 the relative errors, their ratio (Dask / in memory; the target is at most 1.02), the time
-ratio, and the passes over A per stage of the Dask path.
+ratio, and the passes over A and the seconds per stage of the Dask path (``reorder``: the
+store rewritten in hierarchy order before the final fit).
 
 ``python -m benchmarks learn_dask [--n 8000] [--rank 28] [--seeds 0,1] [--block-items 2048]
 [--kind radial|mlr]`` (``mlr``: MLR plus 10% noise in a hidden order, rank 30 by default)
@@ -62,7 +63,10 @@ def run(n: int, rank: int, seeds: list[int], block_items: int, sample_items: int
             rows.append({"seed": seed, "dask": float(Md.history_["rel_error"][-1]),
                          "memory": float(Mm.history_["rel_error"][-1]),
                          "dask_s": t_dask, "memory_s": t_mem,
-                         "passes": Md.history_["passes"], "ranks": list(Md.ranks)})
+                         "passes": Md.history_["passes"], "ranks": list(Md.ranks),
+                         "seconds": {k: round(v, 2) for k, v in
+                                     Md.history_.get("seconds", {}).items()},
+                         "reorder": Md.history_.get("reorder")})
     mean_d = float(np.mean([r["dask"] for r in rows]))
     mean_m = float(np.mean([r["memory"] for r in rows]))
     return {"kind": kind, "n": n, "rank": rank, "runs": rows, "error_ratio": mean_d / mean_m,
@@ -89,13 +93,15 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(out, indent=1))
         return 0
     print(f"{out['kind']} n = {out['n']}, rank {out['rank']}")
-    print(f"{'seed':>4}  {'Dask path':>10}  {'in memory':>10}  passes over A (sample / top / "
-          "blocks / fit)")
+    stages = ("pick_start", "top_splits", "blocks", "reorder", "fit")
+    print(f"{'seed':>4}  {'Dask path':>10}  {'in memory':>10}  passes over A and seconds per "
+          f"stage ({' / '.join(stages)})")
     for r in out["runs"]:
-        p = r["passes"]
+        p, t = r["passes"], r["seconds"]
         print(f"{r['seed']:>4}  {r['dask']:>10.5f}  {r['memory']:>10.5f}  "
-              f"{p['pick_start']:.0f} / {p['top_splits']:.0f} / {p['blocks']:.0f} / "
-              f"{p['fit']:.0f}")
+              + " / ".join(f"{p.get(k, 0):.0f}" for k in stages) + "   "
+              + " / ".join(f"{t.get(k, 0):.0f}s" for k in stages)
+              + f"   ({r['dask_s']:.0f}s against {r['memory_s']:.0f}s in memory)")
     print(f"error ratio (mean Dask / mean in memory): {out['error_ratio']:.4f}   "
           f"time ratio: {out['time_ratio']:.2f}")
     return 0

@@ -39,7 +39,7 @@ one's output:
    epochs; after ``"uniform"`` the exchanges start from the uniform allocation.
 
 Memory: per tile task two tiles; per block task about four copies of a ``block_items``-sided
-block; per reorder task ``4 block_items^2`` entries and a stored chunk; per start trial about
+block; per reorder task ``2 block_items^2`` entries and a stored chunk; per start trial about
 four copies of the sample; on the client the products (``(m + n) x`` about 50 numbers), the
 coarse factors and the hierarchies.
 """
@@ -804,7 +804,7 @@ def _reorder(ts: TileSource, rows_s: Hierarchy, cols_s: Hierarchy, rows: Hierarc
     decode more than :data:`REORDER_ABOVE` times the stored chunks; else the source as it is.
     ``rows_s`` / ``cols_s``: the hierarchies in stored positions, ``rows`` / ``cols`` in
     original items. Counts the reads and writes of the rewrite in ``ts.passes``. Memory per
-    task: ``4 block_items^2`` entries (a quarter of what :func:`default_block_items` allows)."""
+    task: ``2 block_items^2`` entries (an eighth of what :func:`default_block_items` allows)."""
     from mlr_dask.fit.dask import chunk_layout
     from mlr_dask.fit.reorder import read_amplification, reordered_store
 
@@ -817,7 +817,7 @@ def _reorder(ts: TileSource, rows_s: Hierarchy, cols_s: Hierarchy, rows: Hierarc
     if o.reorder == "never" or (o.reorder == "auto" and amp <= REORDER_ABOVE):
         return ts.src, info
     m, n = ts.shape
-    band = max(4 * o.block_items ** 2, m, n)
+    band = max(2 * o.block_items ** 2, m, n)
     new, st = scratch.enter_context(reordered_store(
         ts.src, rows_s.perm, cols_s.perm, rows, cols, band_items=band, scratch=o.scratch,
         report=report))

@@ -1,12 +1,11 @@
-"""Out-of-core learning (slow): a radial kernel between two random point sets on the sphere
+"""Out-of-core learned fit (slow): a radial kernel between two random point sets on the sphere
 (original order: nothing to read off the stored order), written to zarr tile by tile, and its
-hierarchy learned on a LocalCluster of one worker process with two threads whose memory limit
+MLR model learned on a LocalCluster of one worker process with two threads whose memory limit
 is a quarter of the matrix: the start picked on a sample, the top levels by passes over the
-tiles, the blocks below as tasks. Size from ``MLR_LEARN_N`` (default 20000: 3.2 GB of float64).
-
-Not covered: the final fit on the learned order out of core. Its tasks read chunks in
-hierarchy order, which are scattered over the stored tiles of a store in original order (each
-chunk decodes most of the stored tiles); the matrix must first be rewritten in hierarchy order.
+tiles, the blocks below as tasks, the matrix rewritten in hierarchy order, the ranks and
+factors by the Dask fit. Size from ``MLR_LEARN_N`` (default 20000: 3.2 GB of float64); for
+development at a smaller size ``MLR_LEARN_MEM`` sets the worker's limit in bytes instead (the
+tasks' memory follows the limit, not the matrix) and ``MLR_LEARN_ITER`` the final epochs.
 """
 
 import os
@@ -42,48 +41,69 @@ def _write_radial(path, n, chunk, seed=0, sigma=0.9, n_scales=3):
             arr[i0:i0 + chunk] = strip
 
 
-def test_learned_hierarchy_out_of_core(tmp_path):
+def _worker_trouble(client, pids_before):
+    """(restarts, pauses) of the workers: a worker whose process changed was restarted (by
+    the nanny, e.g. over its memory limit); a pause is a status change the scheduler logged."""
+    pids = client.run(os.getpid)
+    restarts = sum(pids.get(a) != p for a, p in pids_before.items())
+    restarts += len(set(pids) - set(pids_before))
+    pauses = 0
+    for addr in set(pids) | set(pids_before):
+        pauses += sum(ev.get("action") == "worker-status-change" and ev.get("status") == "paused"
+                      for _, ev in client.get_events(addr) if isinstance(ev, dict))
+    return restarts, pauses
+
+
+def test_learned_fit_out_of_core(tmp_path):
+    from distributed.diagnostics import MemorySampler
+
     from mlr_dask.cluster import connect
     from mlr_dask.fit.api import default_levels, load_matrix_store
-    from mlr_dask.fit.learn_dask import (
-        LearnOptions,
-        TileSource,
-        default_block_items,
-        pick_start,
-        split_below,
-        top_splits,
-    )
-    from mlr_dask.fit.pipeline import _short_caps, start_ranks
+    from mlr_dask.fit.dask import fit_mlr_dask
+    from mlr_dask.fit.learn_dask import LearnOptions, default_block_items, learn_mlr_dask
+    from mlr_dask.hierarchy import Hierarchy
 
     n = int(os.environ.get("MLR_LEARN_N", "20000"))
+    mem = int(os.environ.get("MLR_LEARN_MEM", n * n * 8 // 4))  # a quarter of A
+    max_iter = int(os.environ.get("MLR_LEARN_ITER", "2"))
     rank = 16
     L = default_levels(n, n)
     t0 = time.perf_counter()
     _write_radial(tmp_path / "K.zarr", n, chunk=1250)
     t_write = time.perf_counter() - t0
-    ts = TileSource(load_matrix_store(tmp_path / "K.zarr"))
-    mem = n * n * 8 // 4  # the worker (two threads): a quarter of A
+    store = load_matrix_store(tmp_path / "K.zarr")
+    stages = []
     with connect(n_workers=1, threads_per_worker=2, memory_limit=mem, quiet=True,
                  out_of_core=True) as client:
-        o = LearnOptions(block_items=default_block_items(client))
+        pids = client.run(os.getpid)
+        # fewer exchanges than the default: each is an epoch and a loss pass over A
+        o = LearnOptions(block_items=default_block_items(client), exchange_steps=3)
+        ms = MemorySampler()
+        with ms.sample("learned", client=client, interval=1.0):
+            M = learn_mlr_dask(store, rank, L, opts=o, max_iter=max_iter, client=client,
+                               progress=lambda stage, info: stages.append(stage))
         t0 = time.perf_counter()
-        start, info = pick_start(ts, rank, L, o, client)
-        t_pick, p_pick = time.perf_counter() - t0, ts.passes
-        rk0 = start_ranks(start, rank, L, _short_caps(n, n, L))
-        t0 = time.perf_counter()
-        lv = top_splits(ts, L, rk0, o)
-        t_top, p_top = time.perf_counter() - t0, ts.passes - p_pick
-        t0 = time.perf_counter()
-        rows, cols = split_below(ts, lv, L, rk0, o)
-        t_blocks, p_blocks = time.perf_counter() - t0, ts.passes - p_pick - p_top
-        logs = client.get_worker_logs()
-    restarts = sum("exceeded" in msg and "memory" in msg for v in logs.values() for _, msg in v)
-    print(f"\nlearned hierarchy OOC n={n}: write {t_write:.0f}s, start {start} ({t_pick:.0f}s, "
-          f"{info['starts']}), top splits {len(lv.rb) - 1} levels {t_top:.0f}s {p_top:.0f} "
-          f"passes, blocks {lv.rb[-1].size - 1} {t_blocks:.0f}s {p_blocks:.0f} passes, "
-          f"block_items {o.block_items}, blocks per level {rows.n_blocks[:8]}")
-    assert rows.n_levels == cols.n_levels == L
-    assert sorted(rows.perm.tolist()) == list(range(n))
-    assert np.all(np.minimum(rows.block_sizes(-1), cols.block_sizes(-1)) == 1)
-    assert max(np.diff(lv.rb[-1]).max(), np.diff(lv.cb[-1]).max()) <= o.block_items
-    assert restarts == 0
+        one = Hierarchy([np.array([0, n])], np.arange(n))
+        with ms.sample("low rank", client=client, interval=1.0):
+            lr = fit_mlr_dask(store, one, one, [rank], max_iter=1, client=client,
+                              chunk_items=o.block_items)
+        t_lr = time.perf_counter() - t0
+        restarts, pauses = _worker_trouble(client, pids)
+    peak = {k: max(v for _, v in s) / mem for k, s in ms.samples.items() if s}
+    h = M.history_
+    err, err_lr = h["rel_error"][-1], lr.history_["rel_error"][-1]
+    print(f"\nlearned fit OOC n={n}, worker limit {mem / 1e9:.2f} GB (2 threads), "
+          f"block_items {o.block_items}: write {t_write:.0f}s; start {h['init']} "
+          f"{h['start'].get('starts')}; seconds "
+          f"{ {k: round(v) for k, v in h['seconds'].items()} }; passes {h['passes']} "
+          f"(total {h['passes_over_A']}); reorder {h['reorder']}; ranks {M.ranks}; "
+          f"epochs {len(h['rel_error'])}; error {err:.4f} vs low rank {err_lr:.4f} "
+          f"({t_lr:.0f}s); peak memory / limit {peak}; restarts {restarts}, pauses {pauses}")
+    assert M.rows.n_levels == M.cols.n_levels == L and M.rank == rank
+    assert sorted(M.rows.perm.tolist()) == list(range(n))
+    assert np.all(np.minimum(M.rows.block_sizes(-1), M.cols.block_sizes(-1)) == 1)
+    assert h["reorder"]["done"] and h["passes"]["reorder"] > 0
+    assert {"partition", "reorder", "epoch"} <= set(stages)
+    assert not [p for p in os.listdir(tmp_path) if ".reorder-" in p]  # the rewrite is gone
+    assert np.isfinite(err) and err < 0.8 * err_lr  # MLR well below low rank at equal storage
+    assert restarts == 0 and pauses == 0
