@@ -13,9 +13,25 @@ hierarchy order, with the expanded loadings ``F_hat`` (n x s):
   per leaf), then ``D_j = S_jj - F_j . V_j``, floored like the data EM
   (:data:`mlr_dask.fm.chunk.FLOOR_REL`).
 
-Cost O(n^2 s + n^3) per iteration (a Cholesky of Sigma) and O(n^2) memory: for the few
-hundred features where it beats the chunked EM on ``n`` equivalent rows. No acceleration; it
-stops when the average log-likelihood per sample rises by less than ``tol`` times its size.
+*Exact root step (ECM).* When the first level is a single group of rank k (the root), each
+iteration first maximizes the likelihood over the root loadings ``F_0`` (n x k) exactly, the
+rest held: with ``Psi = Sigma - F_0 F_0^T = L L^T`` (the lower levels and D), the maximizer is
+``F_0 = L U diag(sqrt(max(lambda - 1, 0)))`` for the k leading eigenpairs ``(lambda, U)`` of
+``L^-1 S L^-T`` (the factor-analysis solution in the metric of Psi), then takes the EM step.
+Both steps raise the likelihood. On nearly collinear features (noise variances near zero)
+plain EM stalls at poor stationary points, where it stays for thousands of iterations; the
+exact step does not (it is what factor analysis with a diagonal Psi iterates).
+
+*Start.* :meth:`DenseEM.start` takes ``D`` the variances and the root the exact step from
+there (as factor analysis starts), the lower levels the leading eigenvectors of the residual
+``S - F_0 F_0^T`` within each group, scaled to a tenth of their weight (a start at zero would
+stay there: zero loadings are a fixed point of EM). Without a single-group first level, the
+SVD start of the data EM.
+
+Cost O(n^2 s + n^3) per iteration (a Cholesky of Sigma, and with the root step one of Psi and
+k eigenpairs) and O(n^2) memory: for the few hundred features where it beats the chunked EM on
+``n`` equivalent rows. SQUAREM acceleration (:meth:`DenseEM.fit`); it stops when the average
+log-likelihood per sample rises by less than ``tol`` times its size.
 """
 
 from __future__ import annotations
@@ -99,9 +115,36 @@ class DenseEM:
         X = self.S if S is None else S
         return -0.5 * (self.tree.n * _LOG_2PI + logdet + float(np.einsum("ij,ij->", Sinv, X)))
 
+    @property
+    def has_root(self) -> bool:
+        """Whether the first level is one group of positive rank (the exact root step)."""
+        return bool(self.tree.n_groups[0] == 1 and self.tree.ranks[0] > 0)
+
+    def root_step(self, F: np.ndarray, D: np.ndarray) -> np.ndarray:
+        """``F`` with its root columns replaced by their exact maximizer given the rest (module
+        docstring). O(n^3)."""
+        from scipy.linalg import eigh, solve_triangular
+
+        o0, o1 = self.tree.span(0)
+        k = o1 - o0
+        Fr = F.copy()
+        Fr[:, o0:o1] = 0.0
+        Fh = self.expand(Fr)
+        Psi = Fh @ Fh.T
+        Psi[np.diag_indices_from(Psi)] += D
+        L = np.linalg.cholesky(Psi)
+        M = solve_triangular(L, solve_triangular(L, self.S, lower=True).T, lower=True)
+        n = M.shape[0]
+        vals, vecs = eigh(0.5 * (M + M.T), subset_by_index=[n - k, n - 1])
+        Fr[:, o0:o1] = (L @ vecs) * np.sqrt(np.maximum(vals - 1.0, 0.0))
+        return Fr
+
     def step(self, F: np.ndarray, D: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-        """One EM iteration from (F, D); returns the new (F, D) and the log-likelihood of the
-        old parameters (computed on the way)."""
+        """One iteration from (F, D): the exact root step (when :attr:`has_root`), then the EM
+        step; returns the new (F, D) and the log-likelihood after the root step (computed on
+        the way; that of (F, D) without it)."""
+        if self.has_root:
+            F = self.root_step(F, D)
         Fh = self.expand(F)
         Sinv, logdet = self._inverse(Fh, D)
         B = Sinv @ Fh
@@ -129,6 +172,29 @@ class DenseEM:
         return Fn, Dn, ll
 
     def start(self) -> tuple[np.ndarray, np.ndarray]:
+        """Start (module docstring): with a root, D the variances, the root's exact step and
+        the lower levels from the residual's eigenvectors per group; else :meth:`svd_start`."""
+        if not self.has_root:
+            return self.svd_start()
+        tree = self.tree
+        D = np.maximum(self.var, ck.FLOOR_ABS)
+        F = self.root_step(np.zeros((tree.n, tree.rank)), D)
+        o0, o1 = tree.span(0)
+        Rres = self.S - F[:, o0:o1] @ F[:, o0:o1].T
+        for lvl in range(1, tree.n_levels):
+            a0, a1 = tree.span(lvl)
+            if a1 == a0:
+                continue
+            b = tree.bounds[lvl]
+            for g in range(tree.n_groups[lvl]):
+                i0, i1 = int(b[g]), int(b[g + 1])
+                vals, vecs = np.linalg.eigh(Rres[i0:i1, i0:i1])
+                r = min(a1 - a0, i1 - i0)
+                vals, vecs = vals[::-1][:r], vecs[:, ::-1][:, :r]
+                F[i0:i1, a0:a0 + r] = 0.1 * vecs * np.sqrt(np.clip(vals, 0.0, None))
+        return tree.apply_mask(F), D
+
+    def svd_start(self) -> tuple[np.ndarray, np.ndarray]:
         """SVD start on S: compressed column c takes the c-th leading eigenvector ``u_c`` of S
         scaled by ``sqrt(lambda_c)`` (masked), D the variance left over, floored at
         :data:`mlr_dask.fm.chunk.INIT_FLOOR_REL` of the variance (as the data EM's start)."""

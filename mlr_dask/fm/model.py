@@ -260,17 +260,22 @@ class MultilevelFactorModel(TransformerMixin, BaseEstimator):
                 shrinkage=None if alpha == "auto" else float(alpha))
         self.shrinkage_ = float(alpha)
         self.search_seconds_ = time.perf_counter() - t1
+        start = None
+        if self.rank_trials_ is not None and not resume:  # searched: the dense start
+            start = select.dense_start(self, Y, hier, ranks, self.shrinkage_, array=array)
         if self.shrinkage_ > 0:
             self._fit_shrunk(Y, hier, ranks, labels, array=array, checkpoint=checkpoint,
-                             callback=callback)
+                             callback=callback, start=start)
         else:
             self._fit_fixed(Y, hier, ranks, labels, array=array, checkpoint=checkpoint,
-                            checkpoint_every=checkpoint_every, resume=resume, callback=callback)
+                            checkpoint_every=checkpoint_every, resume=resume, callback=callback,
+                            start=start)
         return self
 
     def _fit_shrunk(self, Y: Any, hier: Any, ranks: Any, labels: FeatureLabels | None, *,
                     array: str | None, checkpoint: Any,
-                    callback: Callable[[dict], None] | None) -> None:
+                    callback: Callable[[dict], None] | None,
+                    start: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         """The fit with shrinkage ``self.shrinkage_ > 0``: S and the mean in one pass, then the
         EM on the n equivalent rows of ``shrink(S)`` (:mod:`mlr_dask.fm.moments`), in the units
         of the standardized features with ``standardize``; parameters and log-likelihoods are
@@ -305,7 +310,7 @@ class MultilevelFactorModel(TransformerMixin, BaseEstimator):
                 c: v for c, v in Y.coords.items() if v.dims == ("feature",)})
         self._fit_fixed(Xin, hier, ranks, labels, array=None, checkpoint=None,
                         checkpoint_every=0, resume=False, callback=callback,
-                        equivalent=(mean, scale, N))
+                        equivalent=(mean, scale, N), start=start)
 
     def _fit_fixed(self, Y: Any, hier: Any, ranks: Any, labels: FeatureLabels | None, *,
                    array: str | None, checkpoint: Any, checkpoint_every: int, resume: bool,

@@ -12,17 +12,23 @@ O(N n^2) for ``C`` plus the eigenvectors of each group's block.
 *Ranks and shrinkage.* Chosen by the held-out log-likelihood of ``FOLDS``-fold
 cross-validation (the samples split at random, seeded by ``random_state``; the score of a
 choice is the held-out log-likelihood per sample over all folds), then the model is refitted
-on all the data with the choice. Greedy, like the MLR rank allocation, from rank 1 at the root
-and 0 below, in two phases:
+on all the data with the choice. Greedy, like the MLR rank allocation, in two phases:
 
-1. at the shrinkage ``SHRINKAGE_START``, each round tries one factor more, half the current
-   rank more and one factor less at every level (each group's rank capped at its size), each
-   trial an EM per fold warm-started from the current parameters of that fold (a new factor
-   starts small and random), and takes the best move not tried before; it stops after
+1. with the dense trials and a single-group first level (the root): factor analysis first,
+   the root alone at every rank of ``ROOT_GRID`` below the number of features, without
+   shrinkage, from cold starts (the model with the root alone is factor analysis, so the
+   search starts from the factor model that cross-validation picks); with the shrinkage
+   searched, every value of ``SHRINKAGE_GRID`` is then tried at those ranks (see ``ONE_SE``);
+   then rounds of whole-level moves: each round tries one factor more, half the current rank
+   more and one factor less at every level, and one factor less at a level with one more at
+   the level below (factor analysis puts every factor at the root: the way down to factors of
+   groups), each group's rank capped at its size; each trial
+   an EM per fold warm-started from the current parameters of that fold (a new factor starts
+   small and random), and takes the best move not tried before; it stops after
    ``PATIENCE + 1`` rounds in a row that do not raise the best score by more than
-   ``MIN_GAIN`` nats per sample, and goes back to the best choice seen. With the shrinkage
-   searched, every value of ``SHRINKAGE_GRID`` is then tried at those ranks (see
-   ``UNANIMOUS``) and the level rounds run again at the chosen value;
+   ``MIN_GAIN`` nats per sample, and goes back to the best choice seen. Otherwise (the
+   chunked trials, or several groups at the top): from rank 1 at the top level and 0 below,
+   level rounds at the shrinkage ``SHRINKAGE_START``, the shrinkage grid, level rounds again;
 2. per group (levels of several groups): every group's rank one up and one down; when some
    moves pay, the best one is taken, or all the paying ones together when that scores better;
    at most ``GROUP_ROUNDS`` rounds.
@@ -66,6 +72,9 @@ SHRINKAGE_START = 0.02
 #: heavy tailed, and one fold holding a few outlying samples can favour a shrinkage that costs
 #: likelihood on typical data.
 ONE_SE = True
+#: Ranks of the root tried alone (factor analysis) at the start of the search (those below the
+#: number of features).
+ROOT_GRID = (1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50, 60, 80, 100, 150, 200, 300)
 #: Rounds of per-group moves after the per-level search.
 GROUP_ROUNDS = 1
 #: A feature's variance in a training fold is floored at this fraction of its overall one (a
@@ -86,7 +95,7 @@ DENSE_TRIAL_ITER = 500
 TRIAL_TOL = 1e-7
 #: Rounds without a gain the search goes on for before it stops (noise in the validation score
 #: can hide a gain one move further); the best ranks seen are returned.
-PATIENCE = 2
+PATIENCE = 3
 #: Largest number of rounds of the greedy rank search.
 MAX_ROUNDS = 200
 
@@ -294,6 +303,44 @@ def _trial(params: dict, h: Hierarchy, spec: list, Xtr: np.ndarray, Xva: np.ndar
     return m.score(Xva), m._state.F.copy(), m._state.D.copy()
 
 
+def dense_start(model: Any, Y: Any, hier: Any, ranks: Any, alpha: float, *,
+                array: str | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+    """Start ``(F, D)`` (original feature order, data units) for the final fit after the search:
+    the dense EM (:mod:`mlr_dask.fm.dense`, with its exact root step and start) run to
+    ``model.tol`` on the covariance of all of Y (shrunk by ``alpha``, standardized with
+    ``model.standardize``); the data EM then only confirms it. None for more than
+    :data:`~mlr_dask.fm.dense.DENSE_MAX_FEATURES` features or with missing values. Cost: one
+    pass for the covariance, then O(n^3) per iteration."""
+    from mlr_dask.fm import moments as mom
+    from mlr_dask.fm.dense import DENSE_MAX_FEATURES, DenseEM
+    from mlr_dask.fm.inputs import as_feature_data
+    from mlr_dask.fm.model import make_tree
+
+    data = as_feature_data(Y, hier, array=array, allow_nan=True)
+    hh = data.hierarchy
+    if hh.n > DENSE_MAX_FEATURES:
+        return None
+    if not data.is_dask and bool(np.isnan(np.asarray(data.Y)).any()):
+        return None
+    S, _, _ = mom.moments(data.Y, centre=not model.assume_centered)
+    sd = np.sqrt(np.diag(S))
+    if np.any(sd <= 0):
+        return None
+    scale = sd if model.standardize else np.ones_like(sd)
+    S = mom.shrink(S / np.outer(scale, scale), float(alpha))
+    h = Hierarchy(hh.boundaries, level_names=hh.level_names)
+    em = DenseEM(make_tree(h, ranks)[0], S)
+    try:
+        F, D = em.start()
+        F, D, _ = em.fit(F, D, max_iter=int(model.max_iter), tol=float(model.tol))
+    except np.linalg.LinAlgError:
+        return None
+    Fo, Do = np.empty_like(F), np.empty_like(D)
+    Fo[hh.perm] = F * scale[:, None]
+    Do[hh.perm] = D * scale ** 2
+    return Fo, Do
+
+
 def auto_ranks(model: Any, Y: Any, hier: Any, *, array: str | None = None,
                ranks: Any = None, shrinkage: float | None = None
                ) -> tuple[list[list[int]], float, list[dict]]:
@@ -361,6 +408,8 @@ def auto_ranks(model: Any, Y: Any, hier: Any, *, array: str | None = None,
         t_old, t_new = make_tree(h, cur)[0], make_tree(h, spec2)[0]
         return [(_grow(F, t_old, t_new, D, rng), D) for F, D in states]
 
+    if search_ranks and folds.route == "dense" and sizes[0].size == 1 and search_alpha:
+        alpha = 0.0  # the root phase runs without shrinkage
     first = [(spec, alpha, None, "start")]
     res0 = evaluate(first)
     record(first, res0, 0)
@@ -385,6 +434,12 @@ def auto_ranks(model: Any, Y: Any, hier: Any, *, array: str | None = None,
             s2[lvl] = np.maximum(spec[lvl] - 1, 0)
             if down and top > 0 and any(int(g.max()) > 0 for g in s2):
                 out.append((s2, f"level {lvl} -1"))
+            if down and top > 0 and lvl + 1 < n_factor:  # a factor handed down a level
+                s3 = [g.copy() for g in s2]
+                s3[lvl + 1] = np.minimum(np.maximum(spec[lvl + 1], int(spec[lvl + 1].max()))
+                                         + 1, sizes[lvl + 1])
+                if not np.array_equal(s3[lvl + 1], spec[lvl + 1]):
+                    out.append((s3, f"level {lvl} -1, level {lvl + 1} +1"))
         return out
 
     def take(cands: list, results: list, k: int) -> None:
@@ -396,10 +451,12 @@ def auto_ranks(model: Any, Y: Any, hier: Any, *, array: str | None = None,
         if score > best[0] + MIN_GAIN:
             best = (score, [g.copy() for g in cands[k][0]], cands[k][1], st)
 
-    def level_phase(down: bool) -> None:
-        """Rounds of whole-level moves at the shrinkage of the best choice so far (``down``:
-        also one factor less)."""
-        _, spec, alpha, states = best
+    def level_phase(down: bool, frm: tuple | None = None) -> None:
+        """Rounds of whole-level moves from ``frm`` (score, spec, shrinkage, states; default
+        the best choice so far) at its shrinkage (``down``: also one factor less, and one
+        handed down a level); it stops when its own best has not risen for ``PATIENCE + 1``
+        rounds."""
+        local, spec, alpha, states = best if frm is None else frm
         stale, seen = 0, {_key(spec, alpha)}
         for _ in range(MAX_ROUNDS):
             cands = [(s2, alpha, grown(s2, spec, states), mv) for s2, mv in level_moves(spec, down)
@@ -410,10 +467,10 @@ def auto_ranks(model: Any, Y: Any, hier: Any, *, array: str | None = None,
             results = evaluate(cands)
             k = int(np.argmax([r[0] for r in results]))
             record(cands, results, k)
-            before = best[0]
             take(cands, results, k)
             spec, states = [g.copy() for g in cands[k][0]], results[k][1]
-            stale = 0 if best[0] > before else stale + 1
+            stale = 0 if results[k][0] > local + MIN_GAIN else stale + 1
+            local = max(local, results[k][0])
             if stale > PATIENCE:
                 return
 
@@ -438,11 +495,45 @@ def auto_ranks(model: Any, Y: Any, hier: Any, *, array: str | None = None,
                        shrinkage=grid[k], validation=results[k][0])
         return True
 
-    # phase 1: whole levels at the starting shrinkage, the shrinkage, whole levels again
-    if search_ranks:
-        level_phase(False)
-    if shrinkage_phase() and search_ranks:
+    def root_phase() -> bool:
+        """Factor analysis first: the root alone at every rank of ``ROOT_GRID`` below its size,
+        no shrinkage, cold starts; the best becomes the current choice when it beats the
+        start. Only with the dense trials and a single-group first level."""
+        nonlocal best, step
+        if not (search_ranks and folds.route == "dense" and sizes[0].size == 1):
+            return False
+        a0 = 0.0 if search_alpha else alpha
+        cands = []
+        for k in ROOT_GRID:
+            if k >= int(sizes[0][0]):
+                break
+            s2 = [np.zeros_like(g) for g in spec]
+            s2[0][:] = k
+            cands.append((s2, a0, None, f"root {k}"))
+        if not cands:
+            return False
+        results = evaluate(cands)
+        k = int(np.argmax([r[0] for r in results]))
+        record(cands, results, k)
+        if results[k][0] > best[0]:
+            best = (results[k][0], [g.copy() for g in cands[k][0]], a0, results[k][1])
+        step += 1
+        events.publish("fm-ranks", step=step, total=None, ranks=_level_max(best[1]),
+                       shrinkage=best[2], validation=best[0])
+        return True
+
+    # phase 1: factor analysis (the root alone at every rank), the shrinkage, whole levels;
+    # without the root phase, whole levels at the starting shrinkage first
+    rooted = root_phase()
+    if rooted:
+        shrinkage_phase()
+        level_phase(False, (res0[0][0], spec, best[2], res0[0][1]))
         level_phase(True)
+    else:
+        if search_ranks:
+            level_phase(False)
+        if shrinkage_phase() and search_ranks:
+            level_phase(True)
     # phase 2: one group at a time (+1 / -1), the levels of several groups
     for _ in range(GROUP_ROUNDS if search_ranks else 0):
         score0, spec0, alpha, states0 = best
