@@ -50,13 +50,15 @@ _LOG_2PI = float(np.log(2 * np.pi))
 
 
 class DenseEM:
-    """Dense EM for the factor tree ``tree`` (hierarchy order) on the covariance ``S`` (n, n).
+    """Dense EM for the factor tree ``tree`` (hierarchy order) on the covariance ``S`` (n, n);
+    ``exact_root``: the exact root step before each EM step (module docstring).
 
     Parameters and results use the compressed loadings ``F`` (n, R) (entries past a group's
     rank zero) and ``D`` (n,), as :class:`mlr_dask.fm.em.FMState`."""
 
-    def __init__(self, tree: FactorTree, S: np.ndarray) -> None:
+    def __init__(self, tree: FactorTree, S: np.ndarray, *, exact_root: bool = True) -> None:
         self.tree = tree
+        self.exact_root = bool(exact_root)
         self.S = np.asarray(S, dtype=np.float64)
         n, R = tree.n, tree.rank
         self.var = np.diag(self.S).copy()
@@ -117,8 +119,9 @@ class DenseEM:
 
     @property
     def has_root(self) -> bool:
-        """Whether the first level is one group of positive rank (the exact root step)."""
-        return bool(self.tree.n_groups[0] == 1 and self.tree.ranks[0] > 0)
+        """Whether the exact root step runs: ``exact_root`` and a first level of one group of
+        positive rank."""
+        return bool(self.exact_root and self.tree.n_groups[0] == 1 and self.tree.ranks[0] > 0)
 
     def root_step(self, F: np.ndarray, D: np.ndarray) -> np.ndarray:
         """``F`` with its root columns replaced by their exact maximizer given the rest (module
