@@ -14,8 +14,9 @@ randomized SVD only estimates), ``delta_plus`` (sum over blocks of
 ``next_B`` (m,), ``next_C`` (n,) scaled by ``sqrt(sigma)`` (warm starts for rank moves).
 
 Large blocks: the first fit uses ``q`` power iterations; later fits are warm started (the old
-factors join the test matrix and the range, no power iteration: two reads of the block), which
-keeps every level fit monotone.
+factors and the stored next ``GAIN_DEPTH`` singular vectors join the test matrix and the range,
+no power iteration: two reads of the block), which keeps every level fit monotone and makes
+each fit one more step of subspace iteration, so that the side outputs converge too.
 """
 
 from __future__ import annotations
@@ -58,7 +59,10 @@ class BCDState:
 
     ``R`` (m, n) residual; ``rb`` / ``cb`` boundaries per level; ``ranks`` per level;
     ``B[l]`` (m, r_l), ``C[l]`` (n, r_l) (``C`` is ``B`` for PSD fits); ``loss`` = ||R||_F^2;
-    ``norm2`` = ||A||_F^2.
+    ``norm2`` = ||A||_F^2. ``tail_B[l]`` (m, GAIN_DEPTH), ``tail_C[l]`` (n, GAIN_DEPTH): the
+    unit singular vectors ``r_l+1 .. r_l+GAIN_DEPTH`` of every block from the level's last fit
+    (zeros before it); they join the warm start of the next randomized fit of the level, so
+    that the side outputs (``gains``) converge over the epochs like the factors do.
     """
 
     R: np.ndarray
@@ -78,6 +82,8 @@ class BCDState:
     next_B: list[np.ndarray] = field(default=None)  # type: ignore[assignment]
     next_C: list[np.ndarray] = field(default=None)  # type: ignore[assignment]
     gains: np.ndarray = field(default=None)  # type: ignore[assignment]
+    tail_B: list[np.ndarray] = field(default=None)  # type: ignore[assignment]
+    tail_C: list[np.ndarray] = field(default=None)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
         L = len(self.ranks)
@@ -89,6 +95,11 @@ class BCDState:
             self.next_C = [np.zeros(n) for _ in range(L)]
         if self.gains is None:
             self.gains = np.zeros((L, GAIN_DEPTH))
+        if self.tail_B is None:
+            self.tail_B = [np.zeros((m, GAIN_DEPTH)) for _ in range(L)]
+        if self.tail_C is None:
+            self.tail_C = (self.tail_B if self.psd
+                           else [np.zeros((n, GAIN_DEPTH)) for _ in range(L)])
 
     @property
     def rel_error(self) -> float:
@@ -111,6 +122,8 @@ class BCDState:
             self.delta_plus.copy(), self.delta_minus.copy(),
             [x.copy() for x in self.next_B], [x.copy() for x in self.next_C],
             self.gains.copy(),
+            [x.copy() for x in self.tail_B],
+            None if self.psd else [x.copy() for x in self.tail_C],
         )
 
     def exact_loss(self) -> float:
@@ -283,6 +296,7 @@ def fit_level(st: BCDState, lvl: int, cold: bool = False) -> None:
     gains = np.zeros(GAIN_DEPTH)
     Bl, Cl = st.B[lvl], st.C[lvl]
     nextB, nextC = st.next_B[lvl], st.next_C[lvl]
+    tB, tC = st.tail_B[lvl], st.tail_C[lvl]
     dplus = dminus = 0.0
     dmin_valid = r >= 1
     delta_loss = 0.0
@@ -306,15 +320,22 @@ def fit_level(st: BCDState, lvl: int, cold: bool = False) -> None:
             nC = nB
             xB = V[:, :, r] * np.sqrt(lam[:, None, r])
             xC = xB
+            tUB = tVC = V[:, :, r:]
         elif min(BM, BN) > max(exact_max, 3 * (k + 10)):
-            warm = r > 0 and bool(np.any(Bp))
+            TB = gather_rows(tB, rb, idx, BM)
+            TC = gather_rows(tC, cb, idx, BN)
+            has_tail = bool(np.any(TB))
+            warm = (r > 0 and bool(np.any(Bp))) or has_tail
+            init = (np.concatenate([Bp, TB], axis=2), np.concatenate([Cp, TC], axis=2)) if (
+                has_tail) else (Bp, Cp)
             U, s, V = batched_randomized_svd(G, kk, q=0 if warm and not cold else st.q,
-                                             init=(Bp, Cp) if warm else None, rng=rng)
+                                             init=init if warm else None, rng=rng)
             s2 = s**2
             sq = np.sqrt(s)
             nB = U[:, :, :r] * sq[:, None, :r]
             nC = V[:, :, :r] * sq[:, None, :r]
             xB, xC = U[:, :, r] * sq[:, None, r], V[:, :, r] * sq[:, None, r]
+            tUB, tVC = U[:, :, r:], V[:, :, r:]
         else:
             U, s, V = batched_svd(G, kk)
             s2 = s**2
@@ -322,6 +343,7 @@ def fit_level(st: BCDState, lvl: int, cold: bool = False) -> None:
             nB = U[:, :, :r] * sq[:, None, :r]
             nC = V[:, :, :r] * sq[:, None, :r]
             xB, xC = U[:, :, r] * sq[:, None, r], V[:, :, r] * sq[:, None, r]
+            tUB, tVC = U[:, :, r:], V[:, :, r:]
         gains += s2[:, r:].sum(axis=0)
         dplus += float(s2[:, r].sum())
         if dmin_valid:
@@ -334,31 +356,38 @@ def fit_level(st: BCDState, lvl: int, cold: bool = False) -> None:
         delta_loss += _sq(G) - old2
         scatter_blocks(st.R, rb, cb, idx, G)
         scatter_rows(nextB.reshape(-1, 1), rb, idx, xB[:, :, None])
+        scatter_rows(tB, rb, idx, np.ascontiguousarray(tUB))
         if not st.psd:
             scatter_rows(nextC.reshape(-1, 1), cb, idx, xC[:, :, None])
+            scatter_rows(tC, cb, idx, np.ascontiguousarray(tVC))
     for bi in big:
         rs, cs = slice(rb[bi], rb[bi + 1]), slice(cb[bi], cb[bi + 1])
         view = st.R[rs, cs]
         old2 = _sq(view)
         Bk, Ck = Bl[rs], Cl[cs]
-        warm = r > 0 and bool(np.any(Bk))
+        TBk, TCk = tB[rs], tC[cs]
+        has_tail = bool(np.any(TBk))
+        warm = (r > 0 and bool(np.any(Bk))) or has_tail
         add_lowrank(view, Bk, Ck, 1.0)
         if st.psd:
             V, lam = block_psd_eig(view, kk, exact_max=exact_max,
                                    q=0 if warm and not cold else st.q,
-                                   init=Bk.copy() if warm else None, rng=rng)
+                                   init=np.hstack([Bk, TBk]) if warm else None, rng=rng)
             s2 = lam**2
             nB = V[:, :r] * np.sqrt(lam[:r])
             nC = nB
             xB = xC = V[:, r] * np.sqrt(lam[r])
+            tB[rs] = V[:, r:]
         else:
             U, s, V = block_svd(view, kk, exact_max=exact_max,
                                 q=0 if warm and not cold else st.q,
-                                init=(Bk.copy(), Ck.copy()) if warm else None, rng=rng)
+                                init=(np.hstack([Bk, TBk]), np.hstack([Ck, TCk])) if warm
+                                else None, rng=rng)
             s2 = s**2
             sq = np.sqrt(s)
             nB, nC = U[:, :r] * sq[:r], V[:, :r] * sq[:r]
             xB, xC = U[:, r] * sq[r], V[:, r] * sq[r]
+            tB[rs], tC[cs] = U[:, r:], V[:, r:]
         gains += s2[r:]
         dplus += float(s2[r])
         if dmin_valid:

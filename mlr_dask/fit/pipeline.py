@@ -236,9 +236,11 @@ def _is_identity(rows: Hierarchy, cols: Hierarchy) -> bool:
 def allocate(plan: Plan) -> None:
     """Bring the state to the total rank and improve the allocation: growth by predicted gains
     (one rank per step, continuation from the atoms) when below the total, then the rank
-    exchange with local trials (:func:`mlr_dask.fit.ranks.exchange_ranks`). At most
-    ``max_rank_moves`` steps in all. Cost: one BCD epoch per growth step, ``n_trials``
-    residual copies and two level fits per exchange step."""
+    exchange with local trials (:func:`mlr_dask.fit.ranks.exchange_ranks`). From the fraction
+    ``late_from`` of the growth steps on, a step whose best levels are close tries up to
+    ``late_trials`` of them (each a copy with its epoch, in parallel threads). At most
+    ``max_rank_moves`` steps in all. Cost: one BCD epoch per growth step (per trial in the
+    late steps), ``n_trials`` residual copies and two level fits per exchange step."""
     t0 = time.perf_counter()
     st = plan.state
     assert st is not None
@@ -259,6 +261,8 @@ def allocate(plan: Plan) -> None:
     if deficit > 0:
         st, grown = grow_by_gains(st, plan.rank, per_step=ao.grow_per_step,
                                   max_steps=grow_steps, n_trials=ao.grow_trials,
+                                  late_trials=ao.late_trials,
+                                  late_from=int(ao.late_from * grow_steps),
                                   threads=plan.opts.threads, callback=cb)
         moves += grown
     if sum(st.ranks) < plan.rank:  # the caps of the learned blocks: level 0 takes the rest

@@ -6,8 +6,8 @@ The last BCD sweep leaves per level the predicted loss decrease of one more rank
 singular pair of every block (the warm start of an added rank, :func:`move_rank`).
 
 - :func:`grow_by_gains`: one rank per step to the level of largest predicted gain, then one
-  BCD epoch; optionally a few candidate levels tried on copies when their predicted gains are
-  close.
+  BCD epoch; optionally (all steps, or only the late ones) a few candidate levels tried on
+  copies when their predicted gains are close.
 - :func:`exchange_ranks`: moves ``j -> i`` at a fixed total, each tried on a copy with only the
   two levels refitted; the best is accepted when it pays.
 
@@ -158,6 +158,8 @@ def grow_by_gains(
     n_trials: int = 1,
     threads: int = 1,
     trial_ratio: float = TRIAL_RATIO,
+    late_trials: int = 1,
+    late_from: int | None = None,
     callback: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[BCDState, list[dict[str, Any]]]:
     """Grow the allocation of ``st`` (side outputs from a recent sweep) up to ``total``: each
@@ -170,14 +172,16 @@ def grow_by_gains(
     step: about one BCD epoch. ``n_trials`` > 1 (with ``per_step=1``): a step whose best
     levels are close (predicted gain at least ``trial_ratio`` of the best, up to ``n_trials``
     levels) tries each on a copy with its epoch (``threads`` at a time, one BLAS thread each)
-    and keeps the lowest loss; a clear winner is taken without trials. ``st`` is updated in
-    place or replaced. Returns the state and the steps ``{"step", "src": None, "dst":
+    and keeps the lowest loss; a clear winner is taken without trials. ``late_trials`` (from
+    step ``late_from`` on): the same with at least that many levels (the late steps, whose
+    predicted gains are small and close, are where the prediction misleads most). ``st`` is
+    updated in place or replaced. Returns the state and the steps ``{"step", "src": None, "dst":
     [levels], "rel_error", "ranks", "trials"}``."""
     L = len(st.ranks)
     caps = rank_caps(st.rb, st.cb)
     order = epoch_order(L)
     steps: list[dict[str, Any]] = []
-    n_workers = max(1, min(threads, n_trials))
+    n_workers = max(1, min(threads, max(n_trials, late_trials)))
     bufs = _Buffers(st)
 
     def trial(base: BCDState, lvl: int, out: np.ndarray | None) -> BCDState:
@@ -196,6 +200,8 @@ def grow_by_gains(
             if not cand:
                 break
             tried = 1
+            n_try = n_trials if late_from is None or step < late_from else max(
+                n_trials, late_trials)
             if max_steps is not None and step >= max_steps - 1:
                 add = pick_by_gains(st.gains, st.ranks, caps, deficit)
                 if not add.any():
@@ -208,7 +214,7 @@ def grow_by_gains(
                 sweep(st, order)
                 st.exact_loss()
             else:
-                lvls = [i for g, i in cand[:n_trials if per_step == 1 else 1]
+                lvls = [i for g, i in cand[:n_try if per_step == 1 else 1]
                         if -g >= trial_ratio * -cand[0][0]]
                 if len(lvls) > 1:
                     outs = bufs.take(len(lvls))

@@ -192,3 +192,37 @@ def test_merged_batches_match_a_per_block_dense_svd(rng):
         dplus += s[r] ** 2 if s.size > r else 0.0
     np.testing.assert_allclose(st.delta_plus[1], dplus, rtol=1e-10)
     np.testing.assert_allclose(st.loss, np.sum(st.R**2), rtol=1e-10)
+
+
+@pytest.mark.parametrize(("psd", "n"), [(False, 400), (False, 600), (True, 600)])
+def test_randomized_gains_converge_to_the_exact_tail(rng, psd, n):
+    # one n x n block on the randomized path (batched at 400, alone at 600): the next
+    # GAIN_DEPTH singular values of the level (its side output) come from a sketch; the stored
+    # tail vectors join the next warm start, so refitting the unchanged level converges to
+    # the dense values
+    from mlr_dask.fit.bcd import GAIN_DEPTH
+
+    U = np.linalg.qr(rng.standard_normal((n, 60)))[0]
+    V = U if psd else np.linalg.qr(rng.standard_normal((n, 60)))[0]
+    A = (U * 0.93 ** np.arange(60)) @ V.T + 1e-3 * rng.standard_normal((n, n))
+    if psd:
+        A = 0.5 * (A + A.T)
+    r = 4
+    st = init_state(A, [np.array([0, n])], [np.array([0, n])], [r], exact_max=20, q=0,
+                    psd=psd)
+    fit_level(st, 0)
+    if psd:
+        lam = np.linalg.eigvalsh(A)[::-1]
+        exact = np.maximum(lam[r:r + GAIN_DEPTH], 0) ** 2
+    else:
+        exact = np.linalg.svd(A, compute_uv=False)[r:r + GAIN_DEPTH] ** 2
+    first = np.abs(st.gains[0] - exact).max() / exact[0]
+    assert np.any(st.tail_B[0])
+    for _ in range(15):
+        fit_level(st, 0)
+    last = np.abs(st.gains[0] - exact).max() / exact[0]
+    assert last < 1e-3 < first
+    # the tail columns are unit vectors orthogonal to the level's factors
+    T = st.tail_B[0]
+    np.testing.assert_allclose(np.linalg.norm(T, axis=0), 1.0, atol=1e-8)
+    assert np.abs(T.T @ st.B[0]).max() < 1e-6 * np.abs(st.B[0]).max()

@@ -119,3 +119,21 @@ def test_state_copy_into_a_buffer_equals_a_plain_copy():
     assert a.loss == b.loss and a.ranks == b.ranks
     b.B[0][:] = 0.0  # factors are not shared
     assert np.any(st.B[0])
+
+
+def test_late_growth_trials_only_from_their_step():
+    from mlr_dask.fit.ranks import grow_by_gains
+
+    st = _state([0, 0, 0, 1])
+    Ap = st.R - _rebuilt_residual(st, np.zeros_like(st.R))
+    a, steps = grow_by_gains(st.copy(), 12, late_trials=3, late_from=5, threads=2,
+                             trial_ratio=0.0)
+    assert sum(a.ranks) == 12
+    assert all(s["trials"] == 1 for s in steps[:5])
+    assert all(s["trials"] >= 2 for s in steps[5:])
+    np.testing.assert_allclose(a.R, _rebuilt_residual(a, Ap), atol=1e-9)
+    # the late steps are the steps of n_trials=3 from there on: the same path
+    b, _ = grow_by_gains(st.copy(), 12, late_trials=3, late_from=5, threads=1,
+                         trial_ratio=0.0)
+    assert a.ranks == b.ranks
+    np.testing.assert_allclose(a.loss, b.loss, rtol=1e-10)
