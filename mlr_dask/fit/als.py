@@ -23,7 +23,7 @@ import numpy as np
 
 from mlr_dask.fit.bcd import BCDState, add_lowrank
 
-__all__ = ["als_half_step", "als_half_step_lstsq", "run_als"]
+__all__ = ["als_half_step", "als_half_step_lstsq", "diag_products", "leaf_solve", "run_als"]
 
 
 def _design(F: Sequence[np.ndarray], bounds: Sequence[np.ndarray], anc: np.ndarray,
@@ -83,8 +83,35 @@ def als_half_step(Ap: np.ndarray, rb: Sequence[np.ndarray], cb: Sequence[np.ndar
     """Exact least-squares row factors ``B_l`` (m, r_l) for fixed column factors ``C_l``
     (n, r_l); ``Ap`` (m, n) in hierarchy order. Minimum-norm solutions when rank deficient
     (up to rounding: normal equations). Cost: ``sum_l r_l`` times the area of level ``l``'s
-    diagonal blocks (the right-hand sides) plus O(r^2 n_l + r^3) per finest block."""
-    m, n = Ap.shape
+    diagonal blocks (the right-hand sides, :func:`diag_products`) plus O(r^2 n_l + r^3) per
+    finest block (:func:`leaf_solve`)."""
+    return leaf_solve(diag_products(Ap, rb, cb, C, ranks), rb, cb, C, ranks)
+
+
+def diag_products(Ap: np.ndarray, rb: Sequence[np.ndarray], cb: Sequence[np.ndarray],
+                  C: Sequence[np.ndarray], ranks: Sequence[int]) -> list[np.ndarray]:
+    """``P_l = blockdiag_l(Ap) C_l`` (m, r_l) per level (zeros (m, 0) without rank): the
+    products of the diagonal blocks of each level with that level's column factors."""
+    m = Ap.shape[0]
+    P = [np.zeros((m, int(r))) for r in ranks]
+    for lvl, r in enumerate(ranks):
+        if r == 0:
+            continue
+        r0, c0 = rb[lvl], cb[lvl]
+        for k in range(r0.size - 1):
+            P[lvl][r0[k]:r0[k + 1]] = Ap[r0[k]:r0[k + 1], c0[k]:c0[k + 1]] @ C[lvl][c0[k]:c0[k + 1]]
+    return P
+
+
+def leaf_solve(P: Sequence[np.ndarray], rb: Sequence[np.ndarray], cb: Sequence[np.ndarray],
+               C: Sequence[np.ndarray], ranks: Sequence[int]) -> list[np.ndarray]:
+    """The row factors ``B_l`` (m, r_l) that solve the normal equations of every finest block
+    with rank, given the right-hand sides ``P_l = blockdiag_l(A) C_l`` (m, r_l) (from
+    :func:`diag_products`, or from passes over chunks on the Dask path). The Gram matrix of a
+    block is built from the factor rows of the finer range of each pair of levels; a pair's
+    part depends only on the finer level's block, so it is computed once per such block.
+    Cost O(r^3 + r (rows)) per finest block plus O(L r^2 n) for the Gram parts."""
+    m = rb[0][-1]
     used = [lvl for lvl, r in enumerate(ranks) if r > 0]
     Bs = [np.zeros((m, r)) for r in ranks]
     if not used:
@@ -95,17 +122,20 @@ def als_half_step(Ap: np.ndarray, rb: Sequence[np.ndarray], cb: Sequence[np.ndar
     sizes = [int(ranks[lvl]) for lvl in used]
     offs = np.concatenate(([0], np.cumsum(sizes)))
     r = int(offs[-1])
+    gram: dict[tuple[int, int, int], np.ndarray] = {}
     for leaf in range(fine.size - 1):
         a, b = fine[leaf], fine[leaf + 1]
         spans = [(int(cb[lvl][anc[leaf, lvl]]), int(cb[lvl][anc[leaf, lvl] + 1])) for lvl in used]
         H = np.empty((r, b - a))
         G = np.empty((r, r))
         for i, li in enumerate(used):
-            c0, c1 = spans[i]
-            H[offs[i]:offs[i + 1]] = C[li][c0:c1].T @ Ap[a:b, c0:c1].T
+            H[offs[i]:offs[i + 1]] = P[li][a:b].T
             for j in range(i, len(used)):  # level j is finer: its span is inside level i's
-                d0, d1 = spans[j]
-                g = C[li][d0:d1].T @ C[used[j]][d0:d1]
+                key = (i, j, int(anc[leaf, used[j]]))
+                g = gram.get(key)
+                if g is None:
+                    d0, d1 = spans[j]
+                    g = gram[key] = C[li][d0:d1].T @ C[used[j]][d0:d1]
                 G[offs[i]:offs[i + 1], offs[j]:offs[j + 1]] = g
                 G[offs[j]:offs[j + 1], offs[i]:offs[i + 1]] = g.T
         X = _psd_solve(G, H)  # (r, rows)

@@ -239,7 +239,9 @@ def fit_mlr(
         runs regardless: it is what reaches the total rank).
     method : ``"bcd"``, ``"als"`` or ``"auto"`` (default) for the final fit. ``"auto"`` takes
         ALS when it is affordable (:func:`als_affordable`) and falls back to BCD as soon as
-        an ALS epoch costs more than 3 BCD epochs timed in the same run.
+        an ALS epoch costs more than 3 BCD epochs timed in the same run. On the Dask path
+        ``"auto"`` and ``"als"`` take ALS (:mod:`mlr_dask.fit.als_dask`: an iteration reads
+        A fewer times than a BCD epoch) except for the PSD model.
     symmetric : square matrix, same hierarchy for rows and columns (Fiedler partitioning).
     psd : symmetric PSD model ``B B^T`` with clipped eigenvalues (implies ``symmetric``).
     max_iter, tol : epochs of the final fit and the relative-decrease stopping rule.
@@ -296,7 +298,8 @@ def fit_mlr(
                                      symmetric)
     engine = _engine(kind, backend, m, n)
     if engine == "dask":
-        M = _fit_dask(src, rank, L, rows, cols, ranks, init=init, symmetric=symmetric,
+        M = _fit_dask(src, rank, L, rows, cols, ranks, init=init, method=method,
+                      symmetric=symmetric,
                       psd=psd, allocate_ranks=allocate_ranks, max_iter=max_iter, tol=tol,
                       seed=seed, client=client, partitioning=partitioning, dask=dask,
                       progress=progress)
@@ -441,13 +444,15 @@ def _engine(kind: str, backend: str, m: int, n: int) -> str:
 
 
 def _fit_dask(src: Any, rank: int, L: int, rows: Hierarchy | None, cols: Hierarchy | None,
-              ranks: Sequence[int] | None, *, init: str, symmetric: bool, psd: bool,
+              ranks: Sequence[int] | None, *, init: str, method: str, symmetric: bool,
+              psd: bool,
               allocate_ranks: bool, max_iter: int, tol: float, seed: int, client: Any,
               partitioning: Partitioning, dask: DaskSettings,
               progress: Callable[[str, dict[str, Any]], None] | None) -> MLRMatrix:
     """The Dask engine: the hierarchy and ranks learned (:func:`mlr_dask.fit.learn_dask.
     learn_mlr_dask`) or, with a fixed hierarchy, the factors fitted at the given (or
-    starting) ranks (:func:`mlr_dask.fit.dask.fit_mlr_dask`). Memory: chunks and blocks."""
+    starting) ranks (:func:`mlr_dask.fit.dask.fit_mlr_dask`); the epochs of the final fit are
+    ALS iterations unless ``method="bcd"`` or ``psd``. Memory: chunks and blocks."""
     m, n = (int(s) for s in src.shape)
     if rows is None:
         from mlr_dask.fit.learn_dask import LearnOptions, default_block_items, learn_mlr_dask
@@ -465,7 +470,7 @@ def _fit_dask(src: Any, rank: int, L: int, rows: Hierarchy | None, cols: Hierarc
             refine=partitioning.refine, split=partitioning.split,
             n_vectors=int(partitioning.split_vectors), grow_per_step=int(dask.grow_per_step),
             exchange_steps=int(dask.exchange_steps), symmetric=symmetric, psd=psd,
-            seed=int(seed))
+            seed=int(seed), method="bcd" if method == "bcd" else "als")
         M = learn_mlr_dask(src, rank, L, opts=lo, max_iter=max_iter, tol=tol,
                            chunk_items=dask.chunk_items, client=client, progress=progress)
         M.history_["block_items"] = lo.block_items
@@ -477,7 +482,7 @@ def _fit_dask(src: Any, rank: int, L: int, rows: Hierarchy | None, cols: Hierarc
         rank, caps, rows.has_atoms and cols.n_blocks[-1] == min(m, n))
     M = fit_mlr_dask(src, rows, cols, rk, psd=psd, max_iter=max_iter, tol=tol, client=client,
                      chunk_items=dask.chunk_items, q=dask.power_iters, seed=seed,
-                     progress=progress)
+                     method="bcd" if method == "bcd" or psd else "als", progress=progress)
     if allocate_ranks:
         M.history_["notes"] = ["rank allocation is not run on the Dask path: the starting "
                                "ranks were kept"]

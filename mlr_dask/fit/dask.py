@@ -686,6 +686,7 @@ def fit_products(
     exchange: bool = False,
     exchange_steps: int = 8,
     grow_per_step: int = 1,
+    method: str = "bcd",
     progress: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> MLRMatrix:
     """BCD with levels ``< c`` fitted through products of ``eng`` and levels ``>= c`` inside the
@@ -696,7 +697,9 @@ def fit_products(
     only and the grown ranks are returned. This continuation from the finest levels ends far
     lower than BCD started at the final ranks on kernel matrices. Cost: one epoch (without
     the loss pass) per step. ``exchange``: then up to ``exchange_steps`` rank exchanges
-    (:func:`_exchange`)."""
+    (:func:`_exchange`). ``method="als"``: the epochs after the exchange are ALS iterations
+    (:mod:`mlr_dask.fit.als_dask`; not for the PSD model or an operator), which converge
+    where BCD epochs creep."""
     t0 = time.perf_counter()
     F = _Factors(rows, cols, ranks if grow_from is None else grow_from, psd)
     L = len(F.ranks)
@@ -758,7 +761,15 @@ def fit_products(
     if exchange and exchange_steps:
         cur = _exchange(F, epoch, loss, cur, L, exchange_steps, moves, progress)
         hist[-1] = float(np.sqrt(cur / norm2))
-    for it in range(1, max_iter + 1):
+    if method == "als" and not psd and not operator:  # see mlr_dask.fit.als_dask
+        from mlr_dask.fit.als_dask import run_als_dask
+
+        hist += run_als_dask(eng, F, c, rch, cch, loss, cur, norm2, max_iter=max_iter, tol=tol,
+                             progress=progress)
+        method = "als"
+    else:
+        method = "bcd"
+    for it in range(1, max_iter + 1 if method == "bcd" else 1):
         epoch(epoch_order(L))  # the full order: see epoch_levels
         new = loss()
         hist.append(float(np.sqrt(new / norm2)))
@@ -773,7 +784,7 @@ def fit_products(
                                                                    np.hstack(F.C))
     M.history_ = {"rel_error": hist, "ranks": list(F.ranks), "rank_moves": moves,
                   "passes_over_A": round(float(eng.passes), 6), "chunk_level": c,
-                  "n_chunks": 0 if operator else int(rch.size - 1),
+                  "n_chunks": 0 if operator else int(rch.size - 1), "method": method,
                   "seconds": {"fit": time.perf_counter() - t0}}
     return M
 
@@ -883,6 +894,7 @@ def fit_mlr_dask(
     exchange: bool = False,
     exchange_steps: int = 8,
     grow_per_step: int = 1,
+    method: str = "bcd",
     progress: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> MLRMatrix:
     """Fit the factors (fixed hierarchy and ranks) of a matrix given as a Dask array (original
@@ -893,9 +905,11 @@ def fit_mlr_dask(
     With a store, the tasks read their chunks from zarr themselves (see the module docstring).
     The result's ``history_`` holds the relative error per epoch and ``passes_over_A``.
     ``grow_from``, ``grow_per_step``, ``exchange``, ``exchange_steps``: grow the ranks from
-    these first, exchange ranks between levels after the first epoch (see
-    :func:`fit_products`).
+    these first, exchange ranks between levels after the first epoch; ``method``: ``"bcd"``
+    or ``"als"`` for the epochs after that (see :func:`fit_products`).
     """
+    if method not in ("bcd", "als"):
+        raise InputError(f"method must be 'bcd' or 'als', got {method!r}")
     chunk_items = 4096 if chunk_items is None else int(chunk_items)
     if chunk_items < 1:
         raise InputError("chunk_items must be positive")
@@ -915,7 +929,7 @@ def fit_mlr_dask(
                          max_iter=max_iter, tol=tol, q=q, seed=seed, exact_max=exact_max,
                          grow_from=grow_from, exchange=exchange,
                          exchange_steps=exchange_steps, grow_per_step=grow_per_step,
-                         progress=_publishing(progress))
+                         method=method, progress=_publishing(progress))
     except np.linalg.LinAlgError:
         _raise_if_not_finite(Ad)  # the usual cause; costs a pass only when the fit failed
         raise

@@ -93,6 +93,8 @@ class LearnOptions:
     refine_rounds: int = 2
     grow_per_step: int = 1
     exchange_steps: int = 8
+    #: epochs of the final fit after the exchange: "als" (not for the PSD model) or "bcd"
+    method: str = "als"
     split: str = "normalized"
     symmetric: bool = False
     psd: bool = False
@@ -921,7 +923,7 @@ def learn_mlr_dask(
                          engine="numpy" if ts.kind == "numpy" else "dask",
                          grow_from=grow_from, exchange=n_levels > 1,
                          exchange_steps=o.exchange_steps, grow_per_step=o.grow_per_step,
-                         progress=progress)
+                         method="bcd" if o.psd else o.method, progress=progress)
         res.seconds["fit"] = time.perf_counter() - t0
         res.passes["fit"] = float(M.history_["passes_over_A"])
     M.history_["reorder"] = info

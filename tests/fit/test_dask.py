@@ -76,7 +76,7 @@ def test_fit_mlr_backend_dask_with_distributed_client(problem):
         M = fit_mlr(da.from_array(A, chunks=64), hierarchy=(truth.rows, truth.cols),
                     ranks=truth.ranks, allocate_ranks=False, backend="dask",
                     dask=DaskSettings(chunk_items=40), max_iter=1, client=client,
-                    baselines=False)
+                    baselines=False, method="bcd")
     assert M.history_["n_chunks"] >= 3
     Mn = fit_mlr_dask(da.from_array(A, chunks=64), truth.rows, truth.cols, truth.ranks,
                       engine="numpy", chunk_items=40, max_iter=1)
