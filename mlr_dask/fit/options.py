@@ -52,7 +52,7 @@ class AllocationOptions:
     #: levels tried per growth step (each a copy with one BCD epoch; in parallel threads)
     grow_trials: int = 1
     #: levels tried per growth step in the late steps (from ``late_from`` of the growth steps on)
-    late_trials: int = 2
+    late_trials: int = 1
     late_from: float = 0.5
 
 
