@@ -328,7 +328,8 @@ def fit_mlr(
                                    epochs=int(partitioning.epochs)),
         allocation=AllocationOptions(enabled=bool(allocate_ranks), eps=float(allocation.eps),
                                      max_rank_moves=int(allocation.max_rank_moves),
-                                     grow_trials=int(allocation.grow_trials)),
+                                     grow_trials=int(allocation.grow_trials),
+                                     late_trials=int(allocation.late_trials)),
         fit=FitOptions(method=method, max_iter=max_iter, tol=tol),
         symmetric=symmetric, psd=psd, seed=seed, threads=int(threads),
         baselines=bool(baselines))

@@ -56,17 +56,20 @@ class Allocation:
     bound on the steps of growth and exchange together (when growth would need more, its last
     step adds all the rest by the predicted gains); ``grow_trials``: levels tried per growth
     step of ``init="bottom"``, each on a copy with one BCD epoch (parallel threads), the best
-    kept; 1 takes the level of largest predicted gain without a trial."""
+    kept; 1 takes the level of largest predicted gain without a trial; ``late_trials``: the
+    same, only in the second half of the growth steps (off at 1)."""
 
     eps: float = 1e-3
     max_rank_moves: int = DEFAULT_MAX_RANK_MOVES
     grow_trials: int = 1
+    late_trials: int = 1
 
     def check(self) -> None:
         if not 0 <= float(self.eps) < 1:
             raise InputError(f"allocation eps must be in [0, 1), got {self.eps!r}")
         _positive_int("max_rank_moves", self.max_rank_moves)
         _positive_int("grow_trials", self.grow_trials)
+        _positive_int("late_trials", self.late_trials)
 
 
 @dataclass(frozen=True)

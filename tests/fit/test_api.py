@@ -42,6 +42,7 @@ def no_work(monkeypatch):
          "max_rank_moves"),
         (np.ones((8, 8)), {"rank": 2, "threads": 0}, "threads"),
         (np.ones((8, 8)), {"rank": 2, "allocation": Allocation(grow_trials=0)}, "grow_trials"),
+        (np.ones((8, 8)), {"rank": 2, "allocation": Allocation(late_trials=0)}, "late_trials"),
         (np.ones((8, 8)), {"rank": 2, "allocation": DaskSettings()}, "Allocation"),
         (np.ones((8, 8)), {"rank": 2, "dask": DaskSettings(sample_items=8)}, "sample_items"),
     ],
