@@ -162,26 +162,25 @@ def reorder_array(src: Any, pr: np.ndarray, pc: np.ndarray, group: Any, *,
     stats = {"reads": 0.0, "writes": 0.0}
     cols_moved = not np.array_equal(pc, np.arange(n))
     rows_moved = not np.array_equal(pr, np.arange(m))
-    if not rows_moved:  # pass 1 only (a copy when no column moves either)
-        out = create_array(group, name, shape=(m, n), dtype=dtype, dims=("row", "col"),
+
+    def column_pass(target: str, total: int) -> Any:
+        """Pass 1: bands of rows with their columns moved, into a new array ``target``."""
+        arr = create_array(group, target, shape=(m, n), dtype=dtype, dims=("row", "col"),
                            chunks=(h, w))
-        calls = [(columns_task, (src, a, b, "ic", out)) for a, b in _bands(m, h)]
+        calls = [(columns_task, (src, a, b, "ic", arr)) for a, b in _bands(m, h)]
         _run(calls, {"ic": _inverse(pc)}, in_process)
         stats["reads"] += _decoded(_bands(m, h), step_r, m)
         stats["writes"] += 1.0
         if report:
-            report("reorder", 1, 1, axis="columns", bands=len(calls))
+            report("reorder", 1, total, axis="columns", bands=len(calls))
+        return arr
+
+    if not rows_moved:  # pass 1 only (a copy when no column moves either)
+        column_pass(name, 1)
         return stats
     T, bw = src, w
     if cols_moved:
-        T = create_array(group, "_T", shape=(m, n), dtype=dtype, dims=("row", "col"),
-                         chunks=(h, w))
-        calls = [(columns_task, (src, a, b, "ic", T)) for a, b in _bands(m, h)]
-        _run(calls, {"ic": _inverse(pc)}, in_process)
-        stats["reads"] += _decoded(_bands(m, h), step_r, m)
-        stats["writes"] += 1.0
-        if report:
-            report("reorder", 1, 2, axis="columns", bands=len(calls))
+        T = column_pass("_T", 2)
         stats["reads"] += 1.0  # pass 2 decodes each chunk of T once
     else:  # pass 2 straight from the input: bands of whole stored column chunks if they fit
         step_c = int(src.chunks[1])
