@@ -114,7 +114,7 @@ def run_als_dask(eng: Any, F: Any, c: int, rch: np.ndarray, cch: np.ndarray,
     error after each kept iteration."""
     out: list[float] = []
     for it in range(1, max_iter + 1):
-        old = ([b.copy() for b in F.B], [x.copy() for x in F.C])
+        old = (list(F.B), list(F.C))  # the half steps return new arrays: no copies needed
         F.B[:] = _half_step(eng, F, c, rch, cch, transpose=False)
         F.C[:] = _half_step(eng, F, c, rch, cch, transpose=True)
         new = loss()

@@ -298,21 +298,11 @@ def fit_mlr(
                                      symmetric)
     engine = _engine(kind, backend, m, n)
     if engine == "dask":
-        M = _fit_dask(src, rank, L, rows, cols, ranks, init=init, method=method,
-                      symmetric=symmetric,
-                      psd=psd, allocate_ranks=allocate_ranks, max_iter=max_iter, tol=tol,
-                      seed=seed, client=client, partitioning=partitioning, dask=dask,
-                      progress=progress)
-        if baselines:
-            from mlr_dask.fit.baselines_dask import with_baselines
-
-            chunks = dask.chunk_items
-            if chunks is None and "block_items" in M.history_:  # as the learned fit's chunks
-                chunks = min(4096, int(M.history_["block_items"]))
-            M = with_baselines(M, src, rank, psd=psd, tol=tol, client=client,
-                               chunk_items=chunks, q=dask.power_iters, seed=seed,
-                               progress=progress)
-        return M
+        return _fit_dask(src, rank, L, rows, cols, ranks, init=init, method=method,
+                         symmetric=symmetric, psd=psd, allocate_ranks=allocate_ranks,
+                         max_iter=max_iter, tol=tol, seed=seed, client=client,
+                         baselines=baselines, partitioning=partitioning, dask=dask,
+                         progress=progress)
     if engine == "operator":
         from mlr_dask.fit.dask import fit_mlr_operator
 
@@ -448,13 +438,15 @@ def _fit_dask(src: Any, rank: int, L: int, rows: Hierarchy | None, cols: Hierarc
               ranks: Sequence[int] | None, *, init: str, method: str, symmetric: bool,
               psd: bool,
               allocate_ranks: bool, max_iter: int, tol: float, seed: int, client: Any,
-              partitioning: Partitioning, dask: DaskSettings,
+              baselines: bool, partitioning: Partitioning, dask: DaskSettings,
               progress: Callable[[str, dict[str, Any]], None] | None) -> MLRMatrix:
     """The Dask engine: the hierarchy and ranks learned (:func:`mlr_dask.fit.learn_dask.
     learn_mlr_dask`) or, with a fixed hierarchy, the factors fitted at the given (or
     starting) ranks (:func:`mlr_dask.fit.dask.fit_mlr_dask`); the epochs of the final fit are
-    ALS iterations unless ``method="bcd"`` or ``psd``. Memory: chunks and blocks."""
-    m, n = (int(s) for s in src.shape)
+    ALS iterations unless ``method="bcd"`` or ``psd``; then, with ``baselines``, low rank and
+    low rank + diagonal in chunks of the same size (:mod:`mlr_dask.fit.baselines_dask`).
+    Memory: chunks and blocks."""
+    chunks = dask.chunk_items
     if rows is None:
         from mlr_dask.fit.learn_dask import LearnOptions, default_block_items, learn_mlr_dask
 
@@ -474,10 +466,30 @@ def _fit_dask(src: Any, rank: int, L: int, rows: Hierarchy | None, cols: Hierarc
             seed=int(seed), method="bcd" if method == "bcd" else "als")
         M = learn_mlr_dask(src, rank, L, opts=lo, max_iter=max_iter, tol=tol,
                            chunk_items=dask.chunk_items, client=client, progress=progress)
-        M.history_["block_items"] = lo.block_items
-        return M
+        if chunks is None:  # the learned fit's chunks: no larger than a block
+            chunks = min(4096, lo.block_items)
+    else:
+        M = _fit_fixed_dask(src, rank, rows, cols, ranks, method=method, psd=psd,
+                            allocate_ranks=allocate_ranks, max_iter=max_iter, tol=tol,
+                            seed=seed, client=client, dask=dask, progress=progress)
+    if baselines:
+        from mlr_dask.fit.baselines_dask import with_baselines
+
+        M = with_baselines(M, src, rank, psd=psd, tol=tol, client=client, chunk_items=chunks,
+                           q=dask.power_iters, seed=seed, progress=progress)
+    return M
+
+
+def _fit_fixed_dask(src: Any, rank: int, rows: Hierarchy, cols: Hierarchy,
+                    ranks: Sequence[int] | None, *, method: str, psd: bool,
+                    allocate_ranks: bool, max_iter: int, tol: float, seed: int, client: Any,
+                    dask: DaskSettings,
+                    progress: Callable[[str, dict[str, Any]], None] | None) -> MLRMatrix:
+    """The factors of a fixed hierarchy on the Dask path, at the given ranks or the starting
+    allocation (no rank allocation there)."""
     from mlr_dask.fit.dask import fit_mlr_dask
 
+    m, n = (int(s) for s in src.shape)
     caps = rank_caps(rows.boundaries, cols.boundaries)
     rk = list(ranks) if ranks is not None else initial_ranks(
         rank, caps, rows.has_atoms and cols.n_blocks[-1] == min(m, n))

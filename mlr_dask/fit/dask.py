@@ -761,31 +761,30 @@ def fit_products(
     if exchange and exchange_steps:
         cur = _exchange(F, epoch, loss, cur, L, exchange_steps, moves, progress)
         hist[-1] = float(np.sqrt(cur / norm2))
-    if method == "als" and not psd and not operator:  # see mlr_dask.fit.als_dask
+    als = method == "als" and not psd and not operator
+    if als:  # see mlr_dask.fit.als_dask
         from mlr_dask.fit.als_dask import run_als_dask
 
         hist += run_als_dask(eng, F, c, rch, cch, loss, cur, norm2, max_iter=max_iter, tol=tol,
                              progress=progress)
-        method = "als"
     else:
-        method = "bcd"
-    for it in range(1, max_iter + 1 if method == "bcd" else 1):
-        epoch(epoch_order(L))  # the full order: see epoch_levels
-        new = loss()
-        hist.append(float(np.sqrt(new / norm2)))
-        if progress:
-            progress("epoch", {"epoch": it, "rel_error": hist[-1]})
-        done = cur <= 0 or (cur - new) <= tol * cur
-        cur = new
-        if done:
-            break
+        for it in range(1, max_iter + 1):
+            epoch(epoch_order(L))  # the full order: see epoch_levels
+            new = loss()
+            hist.append(float(np.sqrt(new / norm2)))
+            if progress:
+                progress("epoch", {"epoch": it, "rel_error": hist[-1]})
+            done = cur <= 0 or (cur - new) <= tol * cur
+            cur = new
+            if done:
+                break
     B = np.hstack(F.B)
     M = MLRMatrix(rows, cols, F.ranks, B) if psd else MLRMatrix(rows, cols, F.ranks, B,
                                                                    np.hstack(F.C))
     M.history_ = {"rel_error": hist, "ranks": list(F.ranks), "rank_moves": moves,
                   "passes_over_A": round(float(eng.passes), 6), "chunk_level": c,
-                  "n_chunks": 0 if operator else int(rch.size - 1), "method": method,
-                  "seconds": {"fit": time.perf_counter() - t0}}
+                  "n_chunks": 0 if operator else int(rch.size - 1),
+                  "method": "als" if als else "bcd", "seconds": {"fit": time.perf_counter() - t0}}
     return M
 
 
