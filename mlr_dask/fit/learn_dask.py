@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -808,7 +809,7 @@ def _reorder(ts: TileSource, rows_s: Hierarchy, cols_s: Hierarchy, rows: Hierarc
     original items. Counts the reads and writes of the rewrite in ``ts.passes``. Memory per
     task: ``2 block_items^2`` entries (an eighth of what :func:`default_block_items` allows)."""
     from mlr_dask.fit.dask import chunk_layout
-    from mlr_dask.fit.reorder import read_amplification, reordered_store
+    from mlr_dask.fit.reorder import ScratchSpaceError, read_amplification, reordered_store
 
     if ts.kind != "zarr":
         return ts.fit_source(), {"done": False}
@@ -820,9 +821,17 @@ def _reorder(ts: TileSource, rows_s: Hierarchy, cols_s: Hierarchy, rows: Hierarc
         return ts.src, info
     m, n = ts.shape
     band = max(2 * o.block_items ** 2, m, n)
-    new, st = scratch.enter_context(reordered_store(
-        ts.src, rows_s.perm, cols_s.perm, rows, cols, band_items=band, scratch=o.scratch,
-        report=report))
+    try:
+        new, st = scratch.enter_context(reordered_store(
+            ts.src, rows_s.perm, cols_s.perm, rows, cols, band_items=band, scratch=o.scratch,
+            report=report))
+    except ScratchSpaceError as e:  # "always" was checked before any work; "auto" goes on
+        if o.reorder == "always":
+            raise
+        warnings.warn(f"{e}; fitting in the stored order (slower reads)", RuntimeWarning,
+                      stacklevel=3)
+        info["skipped"] = "disk space"
+        return ts.src, info
     ts.passes += st["reads"] + st["writes"]
     info.update(done=True, reads=round(st["reads"], 3), writes=st["writes"], band_items=band)
     return new, info
@@ -887,6 +896,10 @@ def learn_mlr_dask(
     for name in ("block_items", "sample_items"):
         if getattr(o, name) < 16:
             raise InputError(f"{name} must be at least 16, got {getattr(o, name)}")
+    if o.reorder == "always" and ts.kind == "zarr":  # the space of the rewrite, before any work
+        from mlr_dask.fit.reorder import check_scratch_space, scratch_bytes, scratch_location
+
+        check_scratch_space(scratch_location(ts.src.path, o.scratch), scratch_bytes(ts.array))
     res = LearnResult()
 
     def stage(name: str, fn: Callable[[], Any]) -> Any:

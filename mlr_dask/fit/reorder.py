@@ -44,7 +44,8 @@ import numpy as np
 from mlr_dask.errors import InputError
 from mlr_dask.hierarchy import Hierarchy
 
-__all__ = ["read_amplification", "reorder_array", "scratch_location", "ScratchStore"]
+__all__ = ["read_amplification", "reorder_array", "scratch_location", "scratch_bytes",
+           "check_scratch_space", "ScratchSpaceError", "ScratchStore"]
 
 
 # ------------------------------------------------------------------------------ planning
@@ -236,6 +237,43 @@ def scratch_location(input_path: str, scratch: str | os.PathLike | None = None) 
     return str(Path(tempfile.gettempdir()) / f"{base}{_tag()}")
 
 
+class ScratchSpaceError(InputError):
+    """The filesystem of a scratch location has less free space than a rewrite needs."""
+
+
+def scratch_bytes(array: Any, rows_moved: bool = True, cols_moved: bool = True) -> int:
+    """Disk space a rewrite of the zarr ``array`` holds at its peak, in bytes: the array's
+    stored size (its chunk files, compressed; the uncompressed size when the store cannot say)
+    once, twice when both rows and columns move (the intermediate ``T`` and the result exist
+    together until ``T`` is deleted), plus a tenth for metadata and differences in
+    compression. Cost: one listing of the array's chunks."""
+    try:
+        stored = int(array.nbytes_stored())
+    except Exception:  # a store that cannot list its keys
+        stored = 0
+    size = stored if stored > 0 else int(np.prod(array.shape)) * max(array.dtype.itemsize, 8)
+    copies = 2 if (rows_moved and cols_moved) else 1
+    return int(1.1 * copies * size)
+
+
+def check_scratch_space(location: str, nbytes: int) -> None:
+    """Raise :class:`ScratchSpaceError` naming ``location`` when its filesystem has fewer than
+    ``nbytes`` free bytes (local paths only: object stores are not checked). ``location``: a
+    scratch store path from :func:`scratch_location` (its parent directory is checked)."""
+    from mlr_dask.io import _size
+    from mlr_dask.paths import is_url
+
+    if is_url(location):
+        return
+    parent = Path(location).parent
+    free = shutil.disk_usage(parent).free
+    if nbytes > free:
+        raise ScratchSpaceError(
+            f"rewriting the matrix in hierarchy order needs about {_size(nbytes)} of scratch "
+            f"space in {str(parent)!r}, which has {_size(free)} free; free space there, give "
+            "another scratch directory, or do not reorder")
+
+
 class ScratchStore:
     """A temporary ``matrix`` v1 store at ``path`` (see :func:`scratch_location`), removed by
     :meth:`remove` or at the end of a ``with`` block, also after an error. ``group``: the
@@ -283,10 +321,16 @@ def reordered_store(store: Any, pr: np.ndarray, pc: np.ndarray, rows: Hierarchy,
     the order ``pr`` / ``pc`` (stored positions) into a temporary store whose hierarchies are
     ``rows`` / ``cols`` (original items: ``rows.perm == store's stored item at pr``), opened
     as a MatrixStore; yields it and :func:`reorder_array`'s counts plus ``path``; the
-    temporary store is removed when the block ends, also after an error."""
+    temporary store is removed when the block ends, also after an error. Raises
+    :class:`ScratchSpaceError` before writing anything when the scratch location's filesystem
+    lacks :func:`scratch_bytes`."""
     from mlr_dask.fit.store import load_matrix_store
 
     path = scratch_location(store.path, scratch)
+    m, n = (int(s) for s in store.array.shape)
+    check_scratch_space(path, scratch_bytes(
+        store.array, rows_moved=not np.array_equal(pr, np.arange(m)),
+        cols_moved=not np.array_equal(pc, np.arange(n))))
     with ScratchStore(path) as tmp:
         stats: dict[str, Any] = reorder_array(store.array, pr, pc, tmp.group,
                                               band_items=band_items, in_process=in_process,

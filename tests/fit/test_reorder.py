@@ -9,9 +9,11 @@ import zarr
 
 from mlr_dask.errors import InputError
 from mlr_dask.fit.reorder import (
+    ScratchSpaceError,
     read_amplification,
     reorder_array,
     reordered_store,
+    scratch_bytes,
     scratch_location,
 )
 
@@ -116,3 +118,69 @@ def test_scratch_location(tmp_path):
     dead.mkdir()
     scratch_location(str(tmp_path / "K.zarr"))
     assert not dead.exists()
+
+
+def _low_disk(monkeypatch, free):
+    import shutil as sh
+
+    usage = sh.disk_usage(".")
+    monkeypatch.setattr("mlr_dask.fit.reorder.shutil.disk_usage",
+                        lambda p: usage._replace(free=free))
+
+
+def test_scratch_bytes_counts_the_stored_size(tmp_path):
+    """The estimate follows the stored (compressed) bytes: a constant matrix needs far less
+    than its uncompressed size, random numbers about it; twice that when both sides move."""
+    zeros = _array(tmp_path, np.zeros((200, 200)), (50, 50))
+    assert scratch_bytes(zeros) < 0.1 * zeros.nbytes
+    rnd = _array(tmp_path, np.random.default_rng(0).standard_normal((200, 200)), (50, 50))
+    one = scratch_bytes(rnd, rows_moved=True, cols_moved=False)
+    assert 0.8 * rnd.nbytes < one < 1.3 * rnd.nbytes
+    assert scratch_bytes(rnd) == pytest.approx(2 * one, abs=2)
+
+
+def test_reordered_store_refuses_without_disk_space(tmp_path, monkeypatch):
+    """Too little free space where the rewrite would go: a ScratchSpaceError naming the
+    directory and the sizes, raised before anything is written."""
+    from mlr_dask.datasets.mlr import write_matrix_store
+    from mlr_dask.fit.store import load_matrix_store
+    from mlr_dask.hierarchy import Hierarchy
+
+    rng = np.random.default_rng(3)
+    A = rng.standard_normal((40, 40))
+    write_matrix_store(tmp_path / "K.zarr", A, kind="test", chunk=8)
+    store = load_matrix_store(tmp_path / "K.zarr")
+    pr, pc = rng.permutation(40), rng.permutation(40)
+    rows = Hierarchy([np.array([0, 40])], pr)
+    cols = Hierarchy([np.array([0, 40])], pc)
+    _low_disk(monkeypatch, 1000)
+    with pytest.raises(ScratchSpaceError, match="scratch space .* 1000 B free"), \
+            reordered_store(store, pr, pc, rows, cols, band_items=200):
+        pass
+    assert sorted(os.listdir(tmp_path)) == ["K.zarr"]
+
+
+def test_learned_fit_without_scratch_space(tmp_path, monkeypatch):
+    """On the learned Dask path, ``reorder="always"`` is refused before any work when the
+    disk lacks the space of the rewrite; ``"auto"`` warns, fits in the stored order and says
+    why in ``history_["reorder"]``."""
+    from mlr_dask.datasets.matrices import radial_kernel
+    from mlr_dask.datasets.mlr import write_matrix_store
+    from mlr_dask.fit.learn_dask import LearnOptions, learn_mlr_dask
+    from mlr_dask.fit.store import load_matrix_store
+
+    A = radial_kernel(160, seed=1)
+    write_matrix_store(tmp_path / "K.zarr", A, kind="radial", chunk=64)
+    store = load_matrix_store(tmp_path / "K.zarr")
+    _low_disk(monkeypatch, 1000)
+    seen = []
+    with pytest.raises(ScratchSpaceError, match="scratch space"):
+        learn_mlr_dask(store, 6, 4, opts=LearnOptions(reorder="always", block_items=80),
+                       progress=lambda stage, info: seen.append(stage))
+    assert seen == []  # no stage started
+    with dask.config.set(scheduler="sync"), pytest.warns(RuntimeWarning, match="stored order"):
+        M = learn_mlr_dask(store, 6, 4, max_iter=1,
+                           opts=LearnOptions(block_items=80, init="uniform", exchange_steps=1))
+    assert M.history_["reorder"]["done"] is False
+    assert M.history_["reorder"]["skipped"] == "disk space"
+    assert sorted(os.listdir(tmp_path)) == ["K.zarr"]
