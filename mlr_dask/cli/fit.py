@@ -80,6 +80,12 @@ def register(subparsers: Any, common: argparse.ArgumentParser) -> None:
                    help="learned Dask path: ranks added per growth epoch of the final fit")
     p.add_argument("--exchange-steps", type=int, default=8,
                    help="learned Dask path: bound on the rank exchanges of the final fit")
+    p.add_argument("--reorder", choices=["auto", "always", "never"], default="auto",
+                   help="learned Dask path: rewrite the store in hierarchy order before the "
+                        "final fit (auto: when its chunks would be scattered over the store)")
+    p.add_argument("--scratch", metavar="DIR", default=None,
+                   help="learned Dask path: directory of that rewrite, one every worker sees "
+                        "(default: next to the input store; needs about twice its size)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", metavar="MODEL", default=None, help="write the model (zarr)")
     p.add_argument("--overwrite", action="store_true",
@@ -160,7 +166,8 @@ def run_fit(args: argparse.Namespace) -> dict[str, Any]:
     dask_settings = DaskSettings(chunk_items=args.chunk_items, block_items=args.block_items,
                                  sample_items=args.sample_items,
                                  grow_per_step=args.grow_per_step,
-                                 exchange_steps=args.exchange_steps)
+                                 exchange_steps=args.exchange_steps,
+                                 reorder=args.reorder, scratch=args.scratch)
     for group in (partitioning, allocation, dask_settings):
         group.check()  # before any output or work
     out = None

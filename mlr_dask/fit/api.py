@@ -463,7 +463,8 @@ def _fit_dask(src: Any, rank: int, L: int, rows: Hierarchy | None, cols: Hierarc
             refine=partitioning.refine, split=partitioning.split,
             n_vectors=int(partitioning.split_vectors), grow_per_step=int(dask.grow_per_step),
             exchange_steps=int(dask.exchange_steps), symmetric=symmetric, psd=psd,
-            seed=int(seed), method="bcd" if method == "bcd" else "als")
+            seed=int(seed), method="bcd" if method == "bcd" else "als",
+            reorder=dask.reorder, scratch=dask.scratch)
         M = learn_mlr_dask(src, rank, L, opts=lo, max_iter=max_iter, tol=tol,
                            chunk_items=dask.chunk_items, client=client, progress=progress)
         if chunks is None:  # the learned fit's chunks: no larger than a block

@@ -10,6 +10,7 @@ pipeline's.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -81,7 +82,11 @@ class DaskSettings:
     product; ``block_items``: the largest block side one task learns in memory (default from
     the workers' memory limit, at most 4096); ``sample_items``: sampled rows (columns) on which
     ``init="best"`` picks its start; ``grow_per_step`` / ``exchange_steps``: ranks added per
-    growth epoch and the bound on the rank exchanges of the learned fit."""
+    growth epoch and the bound on the rank exchanges of the learned fit; ``reorder``: rewrite
+    a store in the learned hierarchy's order before the final fit (``"auto"``: when the fit
+    would otherwise read scattered chunks; ``"always"``; ``"never"``); ``scratch``: the
+    directory of that rewrite (default: next to the input store; it must be one every worker
+    sees)."""
 
     chunk_items: int | None = None
     power_iters: int = 2
@@ -89,6 +94,8 @@ class DaskSettings:
     sample_items: int = 1024
     grow_per_step: int = 1
     exchange_steps: int = 8
+    reorder: str = "auto"
+    scratch: str | None = None
 
     def check(self) -> None:
         if self.chunk_items is not None:
@@ -99,3 +106,12 @@ class DaskSettings:
         _positive_int("sample_items", self.sample_items, 16)
         _positive_int("grow_per_step", self.grow_per_step)
         _positive_int("exchange_steps", self.exchange_steps, 0)
+        if self.reorder not in ("auto", "always", "never"):
+            raise InputError(f"reorder must be 'auto', 'always' or 'never', got "
+                             f"{self.reorder!r}")
+        if self.scratch is not None:
+            from mlr_dask.paths import is_url, resolve_store
+
+            where = resolve_store(self.scratch)
+            if not is_url(where) and not os.path.isdir(where):
+                raise InputError(f"scratch directory {where!r} does not exist")

@@ -67,6 +67,8 @@ def test_fit_mlr_cli_init(radial_store, capsys, init):
         (["--rank", "4", "--levels", "12"], "levels need"),
         (["--rank", "4", "--init", "middle"], "invalid choice"),
         (["--rank", "4", "--split-vectors", "0"], "positive"),
+        (["--rank", "4", "--backend", "dask", "--scratch", "/no/such/dir"], "does not exist"),
+        (["--rank", "4", "--reorder", "sometimes"], "invalid choice"),
     ],
 )
 def test_fit_mlr_cli_bad_input_exit_2_no_output(tmp_path, radial_store, capsys, extra, match):

@@ -45,6 +45,9 @@ def no_work(monkeypatch):
         (np.ones((8, 8)), {"rank": 2, "allocation": Allocation(late_trials=0)}, "late_trials"),
         (np.ones((8, 8)), {"rank": 2, "allocation": DaskSettings()}, "Allocation"),
         (np.ones((8, 8)), {"rank": 2, "dask": DaskSettings(sample_items=8)}, "sample_items"),
+        (np.ones((8, 8)), {"rank": 2, "dask": DaskSettings(reorder="sometimes")}, "reorder"),
+        (np.ones((8, 8)), {"rank": 2, "dask": DaskSettings(scratch="/no/such/dir")},
+         "scratch directory .* does not exist"),
     ],
 )
 def test_bad_input_raises_before_work(no_work, A, kwargs, match):

@@ -184,3 +184,30 @@ def test_learned_fit_without_scratch_space(tmp_path, monkeypatch):
     assert M.history_["reorder"]["done"] is False
     assert M.history_["reorder"]["skipped"] == "disk space"
     assert sorted(os.listdir(tmp_path)) == ["K.zarr"]
+
+
+def test_fit_mlr_passes_reorder_and_scratch(tmp_path, monkeypatch):
+    """``DaskSettings(reorder=, scratch=)`` reach the learned Dask path: ``"never"`` fits in the
+    stored order, ``"always"`` rewrites into the given scratch directory."""
+    import mlr_dask.fit.reorder as ro
+    from mlr_dask.datasets.matrices import radial_kernel
+    from mlr_dask.datasets.mlr import write_matrix_store
+    from mlr_dask.fit import DaskSettings, fit_mlr
+
+    write_matrix_store(tmp_path / "K.zarr", radial_kernel(128, seed=2), kind="radial", chunk=64)
+    (tmp_path / "scr").mkdir()
+    where = []
+    real = ro.scratch_location
+    monkeypatch.setattr(ro, "scratch_location",
+                        lambda p, s=None: where.append(s) or real(p, s))
+    out = {}
+    with dask.config.set(scheduler="sync"):
+        for mode in ("never", "always"):
+            out[mode] = fit_mlr(str(tmp_path / "K.zarr"), 6, levels=4, backend="dask",
+                                init="uniform", max_iter=1, baselines=False,
+                                dask=DaskSettings(block_items=64, reorder=mode,
+                                                  scratch=str(tmp_path / "scr"),
+                                                  exchange_steps=1)).history_["reorder"]
+    assert out["never"]["done"] is False and out["always"]["done"] is True
+    assert where and all(s == str(tmp_path / "scr") for s in where)
+    assert os.listdir(tmp_path / "scr") == []
