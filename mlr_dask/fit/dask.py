@@ -43,14 +43,16 @@ from typing import Any
 import numpy as np
 
 from mlr_dask.errors import InputError
-from mlr_dask.fit.bcd import add_lowrank, epoch_order, init_state, sweep
+from mlr_dask.fit.bcd import GAIN_DEPTH, add_lowrank, epoch_order, init_state, sweep
 from mlr_dask.hierarchy import Hierarchy
 from mlr_dask.kernels import block_matmat
 from mlr_dask.mlr import MLRMatrix
 
 __all__ = ["chunk_layout", "fit_mlr_dask", "fit_mlr_operator", "fit_products"]
 
-OVERSAMPLE = 8
+#: Random test vectors of a product-level fit beyond the ranks and the GAIN_DEPTH tail
+#: vectors kept (as the in-memory randomized level fits).
+OVERSAMPLE = 10
 
 
 def chunk_layout(rows: Hierarchy, cols: Hierarchy, chunk_items: int) -> tuple[int, np.ndarray,
@@ -247,18 +249,26 @@ def fine_task(
     levels: list[int],
     exact_max: int,
     seed: int,
+    tB: list[np.ndarray] | None = None,
+    tC: list[np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Sweep the fine levels on one diagonal chunk ``Aii`` (a, b) (an array or a
-    :class:`ZarrChunk`): the coarse levels contribute ``Bc Cc^T`` there. Returns the new fine
-    factors and side outputs (small: (a + b) r numbers)."""
+    :class:`ZarrChunk`): the coarse levels contribute ``Bc Cc^T`` there. ``tB`` / ``tC``: the
+    tail singular vectors of the last fit per level ((a, GAIN_DEPTH), (b, GAIN_DEPTH); the warm
+    start of the randomized block fits, :mod:`mlr_dask.fit.bcd`). Returns the new fine factors
+    and side outputs (small: (a + b) (r + GAIN_DEPTH) numbers)."""
     R = _chunk_array(Aii, True)
     add_lowrank(R, Bc, Cc, -1.0)
     st = init_state(R, rb, cb, ranks, psd=psd, B=Bf, C=None if psd else Cf, exact_max=exact_max,
                     seed=seed, copy=False)
     del R
+    if tB is not None:
+        st.tail_B = [np.array(x, dtype=np.float64) for x in tB]
+        st.tail_C = st.tail_B if psd else [np.array(x, dtype=np.float64) for x in tC]
     sweep(st, levels)
     return {"B": st.B, "C": st.B if psd else st.C, "dp": st.delta_plus, "dm": st.delta_minus,
-            "nB": st.next_B, "nC": st.next_B if psd else st.next_C}
+            "nB": st.next_B, "nC": st.next_B if psd else st.next_C, "g": st.gains,
+            "tB": st.tail_B, "tC": st.tail_B if psd else st.tail_C}
 
 
 def loss_task(Aij: np.ndarray, Bij: np.ndarray, Cij: np.ndarray,
@@ -473,6 +483,35 @@ class _Factors:
         self.dm = np.full(L, np.inf)
         self.nB = [np.zeros(m) for _ in range(L)]
         self.nC = self.nB if psd else [np.zeros(n) for _ in range(L)]
+        # per level: the unit singular vectors r+1 .. r+GAIN_DEPTH of every block from the last
+        # fit (warm starts of the next one) and their squared singular values summed over the
+        # blocks (the predicted gains of the next ranks)
+        self.tB = [np.zeros((m, GAIN_DEPTH)) for _ in range(L)]
+        self.tC = self.tB if psd else [np.zeros((n, GAIN_DEPTH)) for _ in range(L)]
+        self.gains = np.zeros((L, GAIN_DEPTH))
+
+    def save(self) -> tuple[Any, ...]:
+        """A copy of the factors, ranks and side outputs (:meth:`restore`)."""
+        cp = [b.copy() for b in self.B], None if self.psd else [c.copy() for c in self.C]
+        tails = [b.copy() for b in self.tB], None if self.psd else [c.copy() for c in self.tC]
+        return (*cp, list(self.ranks), self.dp.copy(), self.dm.copy(), *tails,
+                self.gains.copy())
+
+    def restore(self, saved: tuple[Any, ...]) -> None:
+        """Back to a state from :meth:`save`."""
+        self.B, C, self.ranks, self.dp, self.dm, self.tB, tC, self.gains = saved
+        self.C = self.B if self.psd else C
+        self.tC = self.tB if self.psd else tC
+
+    def add_next(self, lvl: int) -> None:
+        """One more rank on level ``lvl``, started at the stored next singular pair of its
+        blocks (as the in-memory growth does)."""
+        self.B[lvl] = np.hstack([self.B[lvl], self.nB[lvl][:, None]])
+        if not self.psd:
+            self.C[lvl] = np.hstack([self.C[lvl], self.nC[lvl][:, None]])
+        else:
+            self.C = self.B
+        self.ranks[lvl] += 1
 
     def resize(self, ranks: Sequence[int]) -> None:
         """Set the ranks per level: factor columns kept, cut, or zero padded."""
@@ -521,18 +560,31 @@ def _pad(Y: np.ndarray, width: int) -> np.ndarray:
 
 
 def _product_level(eng: Any, F: _Factors, lvl: int, q: int, rng: np.random.Generator) -> None:
-    """Refit level ``lvl`` by blockwise randomized SVDs through products with A."""
+    """Refit level ``lvl`` by blockwise randomized SVDs through products with A, as the
+    in-memory randomized level fit (:func:`mlr_dask.fit.bcd.fit_level`): the first fit with
+    ``q`` power iterations, later ones warm started (the factors and the tail vectors ``F.tB``
+    / ``F.tC`` join the test matrix and the range, ``OVERSAMPLE`` random vectors more: one
+    product each way, and the fit is monotone). Updates the factors, the next pairs, the tail
+    vectors and the predicted gains of the level. Cost: ``2 (q + 1)`` (first fit) or 2 block
+    products over the level's diagonal blocks with ``r + GAIN_DEPTH + OVERSAMPLE`` vectors."""
     rb, cb, r = F.rb[lvl], F.cb[lvl], F.ranks[lvl]
     p = rb.size - 1
     m, n = rb[-1], cb[-1]
-    k = r + 1
+    k = r + GAIN_DEPTH
     small = int(min(np.diff(rb).min(), np.diff(cb).min()))
-    warm = r > 0 and bool(np.any(F.B[lvl]))
-    j = r if warm else 0
+    tail = bool(np.any(F.tB[lvl]))
+    warm = (r > 0 and bool(np.any(F.B[lvl]))) or tail
+    # warm-start columns: the factors (when warm) and the tail vectors (when there are some)
+    init_r = [np.hstack(([F.B[lvl][rb[t]:rb[t + 1]]] if warm and r else [])
+                        + ([F.tB[lvl][rb[t]:rb[t + 1]]] if tail else [])
+                        or [np.zeros((rb[t + 1] - rb[t], 0))]) for t in range(p)]
+    init_c = [np.hstack(([F.C[lvl][cb[t]:cb[t + 1]]] if warm and r else [])
+                        + ([F.tC[lvl][cb[t]:cb[t + 1]]] if tail else [])
+                        or [np.zeros((cb[t + 1] - cb[t], 0))]) for t in range(p)]
+    j = init_c[0].shape[1]
     g = max(1, min(k + OVERSAMPLE, small) - j)
     W = j + g
-    Om = [np.hstack([F.C[lvl][cb[t]:cb[t + 1]] if j else np.zeros((cb[t + 1] - cb[t], 0)),
-                     rng.standard_normal((cb[t + 1] - cb[t], g))]) for t in range(p)]
+    Om = [np.hstack([init_c[t], rng.standard_normal((cb[t + 1] - cb[t], g))]) for t in range(p)]
 
     def R_times(parts: list[np.ndarray], width: int) -> list[np.ndarray]:
         Y = eng.block_products(rb, cb, parts, transpose=False)
@@ -547,42 +599,47 @@ def _product_level(eng: Any, F: _Factors, lvl: int, q: int, rng: np.random.Gener
                 for t in range(p)]
 
     Y = R_times(Om, W)
-    for _ in range(0 if warm else (min(q, 1) if r == 0 else q)):  # r = 0: dp only
+    for _ in range(0 if warm else (min(q, 1) if r == 0 else q)):  # r = 0: gains only
         Q = [_orth(y) for y in Y]
         Z = [_orth(z) for z in RT_times(Q, W)]
         Y = R_times(Z, W)
-    Q = [_orth(np.hstack([F.B[lvl][rb[t]:rb[t + 1]], Y[t]]) if j else Y[t]) for t in range(p)]
+    Q = [_orth(np.hstack([init_r[t], Y[t]]) if j else Y[t]) for t in range(p)]
     W2 = W + j
     Q = [np.pad(qq, ((0, 0), (0, W2 - qq.shape[1]))) for qq in Q]
-    dp = dm = 0.0
+    gains = np.zeros(GAIN_DEPTH)
+    dm = 0.0
     if F.psd:
         S = R_times(Q, W2)  # R_k Q_k
         for t in range(p):
             T = Q[t].T @ S[t]
             lam, V = np.linalg.eigh(0.5 * (T + T.T))
             lam, V = np.maximum(lam[::-1], 0.0), Q[t] @ V[:, ::-1]
-            lam = np.pad(lam, (0, max(0, k - lam.size)))
-            V = np.pad(V, ((0, 0), (0, max(0, k - V.shape[1]))))
+            lam = np.pad(lam, (0, max(0, k - lam.size)))[:k]
+            V = np.pad(V, ((0, 0), (0, max(0, k - V.shape[1]))))[:, :k]
             F.B[lvl][rb[t]:rb[t + 1]] = V[:, :r] * np.sqrt(lam[:r])
             F.nB[lvl][rb[t]:rb[t + 1]] = V[:, r] * np.sqrt(lam[r])
-            dp += lam[r] ** 2
+            F.tB[lvl][rb[t]:rb[t + 1]] = V[:, r:]
+            gains += lam[r:] ** 2
             dm += lam[r - 1] ** 2 if r else 0.0
     else:
         S = RT_times(Q, W2)  # R_k^T Q_k
         for t in range(p):
             Us, s, Vt = np.linalg.svd(S[t].T, full_matrices=False)
             U = Q[t] @ Us
-            s = np.pad(s, (0, max(0, k - s.size)))
-            U = np.pad(U, ((0, 0), (0, max(0, k - U.shape[1]))))
-            V = np.pad(Vt.T, ((0, 0), (0, max(0, k - Vt.shape[0]))))
+            s = np.pad(s, (0, max(0, k - s.size)))[:k]
+            U = np.pad(U, ((0, 0), (0, max(0, k - U.shape[1]))))[:, :k]
+            V = np.pad(Vt.T, ((0, 0), (0, max(0, k - Vt.shape[0]))))[:, :k]
             sq = np.sqrt(s)
             F.B[lvl][rb[t]:rb[t + 1]] = U[:, :r] * sq[:r]
             F.C[lvl][cb[t]:cb[t + 1]] = V[:, :r] * sq[:r]
             F.nB[lvl][rb[t]:rb[t + 1]] = U[:, r] * sq[r]
             F.nC[lvl][cb[t]:cb[t + 1]] = V[:, r] * sq[r]
-            dp += s[r] ** 2
+            F.tB[lvl][rb[t]:rb[t + 1]] = U[:, r:]
+            F.tC[lvl][cb[t]:cb[t + 1]] = V[:, r:]
+            gains += s[r:] ** 2
             dm += s[r - 1] ** 2 if r else 0.0
-    F.dp[lvl] = dp
+    F.gains[lvl] = gains
+    F.dp[lvl] = gains[0]
     F.dm[lvl] = dm if r else np.inf
 
 
@@ -599,25 +656,33 @@ def _fine_sweep(eng: Any, F: _Factors, c: int, rch: np.ndarray, cch: np.ndarray,
         cb = _local_bounds([F.cb[lvl] for lvl in fine], c0, c1)
         Bf = [F.B[lvl][r0:r1] for lvl in fine]
         Cf = [F.C[lvl][c0:c1] for lvl in fine]
+        tB = [F.tB[lvl][r0:r1] for lvl in fine]
+        tC = None if F.psd else [F.tC[lvl][c0:c1] for lvl in fine]
         loc = [lvl - c for lvl in levels]
         eng.count(i, i)
         calls.append((fine_task, (eng.chunk(i, i), Bc, Cc, rb, cb,
                                   [F.ranks[lvl] for lvl in fine], Bf, Cf, F.psd, loc, exact_max,
-                                  seed + i)))
+                                  seed + i, tB, tC)))
     results = eng.run(calls)
-    for lvl in fine:
+    swept = sorted(set(levels))
+    for lvl in swept:
         F.dp[lvl] = 0.0
         F.dm[lvl] = 0.0
+        F.gains[lvl] = 0.0
     for i, res in enumerate(results):
         r0, r1, c0, c1 = int(rch[i]), int(rch[i + 1]), int(cch[i]), int(cch[i + 1])
-        for t, lvl in enumerate(fine):
+        for lvl in swept:
+            t = lvl - c
             F.B[lvl][r0:r1] = res["B"][t]
             F.nB[lvl][r0:r1] = res["nB"][t]
+            F.tB[lvl][r0:r1] = res["tB"][t]
             if not F.psd:
                 F.C[lvl][c0:c1] = res["C"][t]
                 F.nC[lvl][c0:c1] = res["nC"][t]
+                F.tC[lvl][c0:c1] = res["tC"][t]
             F.dp[lvl] += res["dp"][t]
             F.dm[lvl] += res["dm"][t]
+            F.gains[lvl] += res["g"][t]
 
 
 def _loss(eng: Any, F: _Factors, c: int, rch: np.ndarray, cch: np.ndarray) -> tuple[float,
@@ -746,7 +811,8 @@ def fit_products(
                 raise InputError(f"rank {total} exceeds the capacity {sum(caps)} of the levels")
             dst = sorted(cand, key=lambda x: -F.dp[x])[:min(grow_per_step,
                                                             total - sum(F.ranks))]
-            F.resize([r + (1 if x in dst else 0) for x, r in enumerate(F.ranks)])
+            for x in dst:
+                F.add_next(x)
             epoch(epoch_order(L))
             moves.append({"step": len(moves) + 1, "src": None, "dst": [int(x) for x in dst],
                           "ranks": list(F.ranks)})
@@ -805,12 +871,11 @@ def _exchange(F: _Factors, epoch: Callable[[list[int]], None], loss: Callable[[]
                         and np.isfinite(F.dm[s])), reverse=True)[:n_trials]
         accepted = False
         for _, src, dst in pairs:
-            saved = ([b.copy() for b in F.B], None if F.psd else [c.copy() for c in F.C],
-                     list(F.ranks), F.dp.copy(), F.dm.copy())
+            saved = F.save()
             rk = list(F.ranks)
             rk[src] -= 1
-            rk[dst] += 1
             F.resize(rk)
+            F.add_next(dst)
             epoch(epoch_order(L))
             new = loss()
             if new <= (1.0 - eps) * cur:
@@ -821,9 +886,7 @@ def _exchange(F: _Factors, epoch: Callable[[list[int]], None], loss: Callable[[]
                     progress("rank_move", {"step": len(moves), "ranks": list(F.ranks)})
                 accepted = True
                 break
-            F.B = saved[0]
-            F.C = F.B if F.psd else saved[1]
-            F.ranks, F.dp, F.dm = saved[2], saved[3], saved[4]
+            F.restore(saved)
         if not accepted:
             break
     return cur
