@@ -13,8 +13,10 @@ even the finest blocks exceed ``chunk_items``, ``c = L`` and the finest blocks a
   ``A_t X_t`` and ``A_t^T Y_t`` with the diagonal blocks ``A_t`` of the level only (a level
   with ``p`` blocks reads ``1/p`` of A), minus the other levels applied in factored form. A
   level fit takes ``2 (q + 1)`` such products (first fit, ``q`` power iterations) or two
-  (warm started: the old factors join the test matrix and the range, which also keeps the fit
-  monotone).
+  (warm started: the old factors and the next ``GAIN_DEPTH`` singular vectors of each block
+  from the last fit join the test matrix and the range, which keeps the fit monotone and
+  makes the predicted gains of the next ranks converge over the epochs, as in memory). The
+  fine-level tasks get and return their blocks' next singular vectors too.
 - The loss (and, on the first pass, ``||A||_F^2``) is computed once per epoch by one pass over
   the chunks of A.
 
@@ -758,7 +760,8 @@ def fit_products(
     diagonal chunks ``rch``/``cch``; see the module docstring. ``grow_from``: start at these
     ranks and grow to the total of ``ranks``, one rank per epoch on each of the
     ``grow_per_step`` levels of largest predicted gain (the next singular values of their
-    blocks, from that epoch), as the in-memory growth does; ``ranks`` then gives the total
+    blocks, from that epoch), each new rank started at the stored next singular pair of its
+    blocks, as the in-memory growth does; ``ranks`` then gives the total
     only and the grown ranks are returned. This continuation from the finest levels ends far
     lower than BCD started at the final ranks on kernel matrices. Cost: one epoch (without
     the loss pass) per step. ``exchange``: then up to ``exchange_steps`` rank exchanges

@@ -155,3 +155,74 @@ def test_all_coarse_levels_are_cut_into_chunks():
     s = np.linalg.svd(A, compute_uv=False)
     best = np.sqrt(np.sum(s[6:] ** 2) / np.sum(s**2))
     assert Md.history_["rel_error"][-1] <= best * (1 + 1e-6)
+
+
+def _spectrum_block(rng, n, psd=False, decay=0.93, k=60):
+    U = np.linalg.qr(rng.standard_normal((n, k)))[0]
+    V = U if psd else np.linalg.qr(rng.standard_normal((n, k)))[0]
+    A = (U * decay ** np.arange(k)) @ V.T + 1e-3 * rng.standard_normal((n, n))
+    return 0.5 * (A + A.T) if psd else A
+
+
+@pytest.mark.parametrize("psd", [False, True])
+def test_product_level_gains_converge_to_the_exact_tail(psd):
+    """A level fitted through products (here the root, cut into chunks) keeps the next
+    GAIN_DEPTH singular vectors of its blocks as the warm start of its next fit, as the
+    in-memory randomized level fit does: refitting the unchanged level makes the predicted
+    gains converge to the dense tail singular values, and the tail vectors are unit vectors
+    orthogonal to the factors."""
+    from mlr_dask.fit.bcd import GAIN_DEPTH
+    from mlr_dask.fit.dask import _Factors, _NumpyEngine, _product_level
+    from mlr_dask.hierarchy import Hierarchy
+
+    n, r = 400, 4
+    A = _spectrum_block(np.random.default_rng(7), n, psd)
+    rows = cols = Hierarchy([[0, n]])
+    c, rch, cch = chunk_layout(rows, cols, 150)
+    assert c == 1  # the root is a product level
+    eng = _NumpyEngine(A, rch, cch)
+    F = _Factors(rows, cols, [r], psd)
+    rng = np.random.default_rng(0)
+    _product_level(eng, F, 0, 0, rng)
+    if psd:
+        exact = np.maximum(np.linalg.eigvalsh(A)[::-1][r:r + GAIN_DEPTH], 0) ** 2
+    else:
+        exact = np.linalg.svd(A, compute_uv=False)[r:r + GAIN_DEPTH] ** 2
+    first = np.abs(F.gains[0] - exact).max() / exact[0]
+    for _ in range(15):
+        _product_level(eng, F, 0, 0, rng)
+    last = np.abs(F.gains[0] - exact).max() / exact[0]
+    assert last < 1e-3 < first
+    assert F.dp[0] == F.gains[0, 0]
+    T = F.tB[0]
+    np.testing.assert_allclose(np.linalg.norm(T, axis=0), 1.0, atol=1e-8)
+    assert np.abs(T.T @ F.B[0]).max() < 1e-6 * np.abs(F.B[0]).max()
+
+
+def test_fine_tasks_carry_their_tail_vectors():
+    """The fine levels are swept by tasks that start from scratch; their tail vectors travel
+    with the factors, so the predicted gains of a randomized fine level converge over the
+    sweeps to the dense tail singular values of its blocks."""
+    from mlr_dask.fit.bcd import GAIN_DEPTH
+    from mlr_dask.fit.dask import _Factors, _fine_sweep, _NumpyEngine
+    from mlr_dask.hierarchy import Hierarchy
+
+    rng = np.random.default_rng(8)
+    n, r = 600, 4
+    A = 1e-3 * rng.standard_normal((n, n))
+    A[:300, :300] = _spectrum_block(rng, 300, decay=0.97, k=100)
+    A[300:, 300:] = _spectrum_block(rng, 300, decay=0.97, k=100)
+    rows = cols = Hierarchy([[0, n], [0, 300, n]])
+    c, rch, cch = chunk_layout(rows, cols, 300)
+    assert c == 1 and rch.size == 3
+    eng = _NumpyEngine(A, rch, cch)
+    F = _Factors(rows, cols, [0, r], False)
+    exact = sum(np.linalg.svd(A[a:b, a:b], compute_uv=False)[r:r + GAIN_DEPTH] ** 2
+                for a, b in ((0, 300), (300, n)))
+    _fine_sweep(eng, F, c, rch, cch, [1], 20, 0)
+    first = np.abs(F.gains[1] - exact).max() / exact[0]
+    for _ in range(15):
+        _fine_sweep(eng, F, c, rch, cch, [1], 20, 0)
+    last = np.abs(F.gains[1] - exact).max() / exact[0]
+    assert last < 1e-3 < first
+    assert np.any(F.tB[1]) and np.any(F.tC[1])
