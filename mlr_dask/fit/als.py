@@ -144,6 +144,23 @@ def leaf_solve(P: Sequence[np.ndarray], rb: Sequence[np.ndarray], cb: Sequence[n
     return Bs
 
 
+#: Momentum of the accelerated ALS (:func:`run_als`): the first extrapolation weight, its
+#: growth after an accepted extrapolated iteration, its cut after a rejected one, its cap.
+BETA_START, BETA_GROW, BETA_CUT, BETA_MAX = 0.5, 1.2, 0.5, 1.0
+
+
+def _c_step_loss(AT: np.ndarray, st: BCDState, B: list[np.ndarray]
+                 ) -> tuple[list[np.ndarray], float]:
+    """The column half step for row factors ``B`` and the loss it reaches, without the
+    residual: at an exact least-squares solution the residual is orthogonal to the fit, so
+    ``||A - M||^2 = ||A||^2 - <A, M>`` and ``<A, M> = sum_l <C_l, blockdiag_l(A^T) B_l>``
+    (the right-hand sides of the half step)."""
+    Q = diag_products(AT, st.cb, st.rb, B, st.ranks)
+    C = leaf_solve(Q, st.cb, st.rb, B, st.ranks)
+    fit = sum(float(np.einsum("ij,ij->", c, q)) for c, q in zip(C, Q, strict=True))
+    return C, st.norm2 - fit
+
+
 def run_als(
     Ap: np.ndarray,
     st: BCDState,
@@ -151,31 +168,65 @@ def run_als(
     max_iter: int = 100,
     tol: float = 1e-3,
     AT: np.ndarray | None = None,
-    callback: Callable[[int, float], None] | None = None,
+    callback: Callable[[int, float], bool | None] | None = None,
+    momentum: bool = True,
 ) -> list[float]:
     """ALS iterations starting from the factors in ``st`` (non-PSD); ``Ap`` (m, n) is the
     target in hierarchy order (``AT``: its contiguous transpose, when the caller has it).
-    Updates ``st`` (factors, residual, loss) in place; an iteration that would raise the loss
-    (rounding) is undone and ends the run. Returns the relative error after each iteration
-    (index 0: the start)."""
+
+    An iteration is a row half step then a column half step; its loss comes from the column
+    step's right-hand sides (:func:`_c_step_loss`), so the residual is rebuilt only at the end.
+    ``momentum``: the row step starts from the extrapolated column factors
+    ``C + beta (C - C_prev)`` (the iteration map keeps the gauge of the factors, so
+    consecutive iterates are comparable); an extrapolated iteration that does not lower the
+    loss is discarded and redone from ``C`` with a smaller ``beta``. Every accepted iterate
+    lowers the loss; an iteration that would raise it (rounding) ends the run with the old
+    factors. Stops when the relative decrease is at most ``tol`` (not counting a redone
+    iteration unless the one before was redone too), after ``max_iter``
+    iterations, or when ``callback(it, rel_error)`` returns True. Updates ``st`` (factors,
+    residual, loss) in place. Returns the relative error after each iteration (index 0: the
+    start). Cost per iteration: two :func:`als_half_step` (three for a rejected
+    extrapolation), no residual."""
     AT = np.ascontiguousarray(Ap.T) if AT is None else AT
     hist = [st.rel_error]
+    loss = st.loss
+    B, C = st.B, st.C
+    C_prev: list[np.ndarray] | None = None
+    beta = BETA_START
+    rejected = False  # the last iteration discarded its extrapolation
     for it in range(1, max_iter + 1):
-        before = st.loss
-        old = (st.B, st.C)
-        st.B = als_half_step(Ap, st.rb, st.cb, st.C, st.ranks)
-        st.C = als_half_step(AT, st.cb, st.rb, st.B, st.ranks)
-        _residual(Ap, st)
-        if st.loss > before:  # rounding of the normal equations: keep the old factors
-            st.B, st.C = old
-            _residual(Ap, st)
-            hist.append(st.rel_error)
-            break
+        new = None
+        was_rejected, rejected = rejected, False
+        if momentum and C_prev is not None:
+            Cy = [c + beta * (c - p) for c, p in zip(C, C_prev, strict=True)]
+            Bn = als_half_step(Ap, st.rb, st.cb, Cy, st.ranks)
+            Cn, new_loss = _c_step_loss(AT, st, Bn)
+            if new_loss < loss:
+                new = (Bn, Cn, new_loss)
+                beta = min(BETA_MAX, beta * BETA_GROW)
+            else:
+                beta *= BETA_CUT
+                rejected = True
+        if new is None:
+            Bn = als_half_step(Ap, st.rb, st.cb, C, st.ranks)
+            Cn, new_loss = _c_step_loss(AT, st, Bn)
+            if new_loss > loss:  # rounding of the normal equations: keep the old factors
+                break
+            new = (Bn, Cn, new_loss)
+        C_prev = C
+        B, C, before, loss = new[0], new[1], loss, new[2]
+        st.loss = loss
         hist.append(st.rel_error)
-        if callback:
-            callback(it, hist[-1])
-        if before <= 0 or (before - st.loss) <= tol * before:
+        stop = bool(callback(it, hist[-1])) if callback else False
+        if stop or before <= 0:
             break
+        # a plain step right after a discarded extrapolation is a restart: its small decrease
+        # does not mean convergence, unless the one before was a restart too
+        if (before - loss) <= tol * before and (not rejected or was_rejected):
+            break
+    st.B, st.C = B, C
+    _residual(Ap, st)
+    hist[-1] = st.rel_error
     return hist
 
 

@@ -155,17 +155,20 @@ def start_ranks(init: str, rank: int, n_levels: int, caps: list[int]) -> list[in
 
 
 def als_affordable(rb: list[np.ndarray], cb: list[np.ndarray], ranks: list[int]) -> bool:
-    """Whether an ALS epoch should cost about as much as a BCD epoch: each half step solves
-    one least-squares problem with an (n, r) design per block of the finest level with a
-    nonzero rank (O(n r^2) each) and rebuilds the residual block by block; affordable when
-    ``blocks * r <= min(m, n)`` (``rb`` / ``cb`` boundaries per level, ``ranks`` (L,))."""
+    """Whether an ALS iteration should cost no more than about a BCD epoch. Its right-hand
+    sides cost ``sum_l r_l`` times the area of level ``l``'s diagonal blocks (less than an
+    epoch's SVDs); each half step then solves an (r, r) system per block of the finest level
+    with a nonzero rank (O(r^3) each, and their Gram parts O(L r^2 n) in all). Affordable
+    when ``8 blocks r^2 <= m n`` (``rb`` / ``cb`` boundaries per level, ``ranks`` (L,)); the
+    fit still times the iterations against BCD epochs (:func:`fit`)."""
     used = [lvl for lvl, r in enumerate(ranks) if r > 0]
     if not used:
         return False
     last = used[-1]
     m, n = int(rb[0][-1]), int(cb[0][-1])
     blocks = rb[last].size - 1
-    return blocks * sum(int(r) for r in ranks) <= min(m, n)
+    r = sum(int(x) for x in ranks)
+    return 8 * blocks * r * r <= m * n
 
 
 # ---------------------------------------------------------------- stages
@@ -304,8 +307,9 @@ def fit(plan: Plan) -> None:
     :func:`als_affordable`), until the relative decrease of the loss is below ``tol``. With
     ``"auto"`` an ALS epoch that costs more than ``als_cost_limit`` BCD epochs (timed in the
     same run, in CPU seconds of the process: a busy machine does not trip it) is not repeated:
-    the fit continues with BCD. Cost: one BCD epoch per iteration (ALS: two structured
-    least-squares solves per finest block and a residual rebuild)."""
+    the fit continues with BCD. ALS runs with momentum (:func:`mlr_dask.fit.als.run_als`).
+    Cost: one BCD epoch per iteration (ALS: two structured least-squares solves per finest
+    block, three after a rejected extrapolation; one residual rebuild at the end)."""
     t0 = time.perf_counter()
     st = plan.state
     assert st is not None
@@ -333,21 +337,24 @@ def fit(plan: Plan) -> None:
             Ap = _rebuild(st)
             AT = np.ascontiguousarray(Ap.T)
             limit = fo.als_cost_limit * bcd_s if fo.method == "auto" else None
-            done = True
-            while it < fo.max_iter:
-                before = st.loss
-                t1 = time.process_time()
-                run_als(Ap, st, max_iter=1, tol=0.0, AT=AT)
-                it += 1
-                hist.append(st.rel_error)
-                plan.report("epoch", it, fo.max_iter, epoch=it, rel_error=st.rel_error)
-                if before <= 0 or (before - st.loss) <= fo.tol * before:
-                    break
-                if limit is not None and time.process_time() - t1 > limit:
-                    notes.append("an ALS epoch cost more than "
-                                 f"{fo.als_cost_limit:g} BCD epochs: continued with BCD")
-                    method, done = "bcd", False
-                    break
+            start, clock, slow = it, [time.process_time()], [False]
+
+            def on_iter(e: int, err: float) -> bool:
+                now = time.process_time()
+                spent, clock[0] = now - clock[0], now
+                plan.report("epoch", start + e, fo.max_iter, epoch=start + e, rel_error=err)
+                slow[0] = limit is not None and spent > limit
+                return slow[0]
+
+            als = run_als(Ap, st, max_iter=fo.max_iter - it, tol=fo.tol, AT=AT,
+                          callback=on_iter)
+            it += len(als) - 1
+            hist += als[1:]
+            done = not slow[0]
+            if slow[0]:
+                notes.append("an ALS epoch cost more than "
+                             f"{fo.als_cost_limit:g} BCD epochs: continued with BCD")
+                method = "bcd"
             del Ap, AT
     if not done and it < fo.max_iter:
         start = it
