@@ -224,9 +224,9 @@ def fit_mlr(
         zarr matrix).
     init : starting rank allocation of a learned hierarchy (ignored when ``ranks`` is given
         or the hierarchy is fixed). ``"best"`` (default): ``"bottom"`` or ``"uniform"``,
-        whichever gives the lower error when the whole pipeline runs on a random principal
-        submatrix of a quarter of each side (:func:`mlr_dask.fit.pipeline.pick_start`; below
-        512 rows or columns both starts run through rank allocation on the whole matrix and
+        whichever gives the lower error when partition and rank growth run on a random
+        principal submatrix of a fifth of each side (:func:`mlr_dask.fit.pipeline.pick_start`;
+        below 640 rows or columns both starts run through rank allocation on the whole matrix and
         only the better one goes on to the final fit). ``"bottom"`` tends to win on kernel matrices,
         ``"uniform"`` on matrices with strong coarse levels. ``"bottom"``: rank only on the
         atoms while partitioning, so the hierarchy is recursive co-clustering of ``A o A``;

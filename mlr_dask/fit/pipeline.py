@@ -439,11 +439,18 @@ def compare(plan: Plan, M: MLRMatrix, A: np.ndarray | None,
 
 # ---------------------------------------------------------------- the start of init="best"
 
+#: :func:`pick_start` runs on a random principal submatrix of 1 / PICK_DIVISOR of each side.
+PICK_DIVISOR = 5
+#: ... with growth by this many ranks per step (and no exchange or final fit after it).
+PICK_GROW = 3
+
+
 def _subsample(m: int, n: int, symmetric: bool, rng: np.random.Generator
                ) -> tuple[np.ndarray, np.ndarray] | None:
-    """Random row / column subsets of a quarter of each side, or None when a side would have
-    fewer than 128 items. A square matrix gets the same set for rows and columns."""
-    sm, sn = m // 4, n // 4
+    """Random row / column subsets of 1 / :data:`PICK_DIVISOR` of each side, or None when a
+    side would have fewer than 128 items. A square matrix gets the same set for rows and
+    columns."""
+    sm, sn = m // PICK_DIVISOR, n // PICK_DIVISOR
     if min(sm, sn) < 128:
         return None
     if m == n:
@@ -455,14 +462,15 @@ def _subsample(m: int, n: int, symmetric: bool, rng: np.random.Generator
 
 def pick_start(A: np.ndarray, rank: int, opts: Options, levels: int | None
                ) -> tuple[str, dict[str, float], float]:
-    """``init="best"``: run the whole pipeline from each start of :data:`BEST_INITS` on a random
-    principal submatrix of about a quarter of each side (:func:`_subsample`; the same rank, at
-    most a quarter of the submatrix; growth by 3 ranks per step, a short exchange and a short
-    final fit) and return the start of lower
+    """``init="best"``: run partition and rank growth from each start of :data:`BEST_INITS`
+    on a random principal submatrix of 1 / :data:`PICK_DIVISOR` of each side
+    (:func:`_subsample`; the same rank, at most a quarter of the submatrix; growth by
+    :data:`PICK_GROW` ranks per step; no exchange, no final fit) and return the start of lower
     error, the error of each, and the seconds spent. On small matrices (a side of the
     submatrix below 128) returns ``("", ...)``: the caller races the starts (partition and
-    allocation of both, the final fit of the better one). Cost: about 1/16 of one start for
-    the dense stages."""
+    allocation of both, the final fit of the better one). Cost: the partition of both starts
+    on the submatrix and about ``rank / PICK_GROW`` BCD epochs of it.
+    """
     t0 = time.perf_counter()
     m, n = A.shape
     sub = _subsample(m, n, opts.symmetric, np.random.default_rng(opts.seed))
@@ -476,9 +484,11 @@ def pick_start(A: np.ndarray, rank: int, opts: Options, levels: int | None
     errs: dict[str, float] = {}
     for init in BEST_INITS:
         o = replace(opts, partition=replace(opts.partition, init=init, levels=L_sub),
-                    fit=replace(opts.fit, max_iter=min(opts.fit.max_iter, 2)),
-                    allocation=replace(opts.allocation, grow_per_step=3, max_rank_moves=min(
-                        opts.allocation.max_rank_moves, r_sub // 3 + 8)),
+                    fit=replace(opts.fit, max_iter=0),
+                    allocation=replace(opts.allocation, grow_per_step=PICK_GROW,
+                                       enabled=False, max_rank_moves=min(
+                                           opts.allocation.max_rank_moves,
+                                           r_sub // PICK_GROW + 8)),
                     baselines=False)
         M = run(As, r_sub, o, Reporter(None))
         errs[init] = float(M.history_["rel_error"][-1])

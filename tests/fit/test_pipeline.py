@@ -129,12 +129,13 @@ def test_als_that_costs_too_much_falls_back_to_bcd(monkeypatch):
 
 
 def test_pick_start_runs_on_a_submatrix():
-    A = radial_kernel(600, seed=5)
+    A = radial_kernel(128 * pipeline.PICK_DIVISOR, seed=5)
     opts = pipeline.Options(threads=1)
     picked, errs, secs = pipeline.pick_start(A, 12, opts, None)
     assert picked in pipeline.BEST_INITS and set(errs) == set(pipeline.BEST_INITS)
     assert errs[picked] == min(errs.values()) and secs > 0
-    assert pipeline.pick_start(A[:500, :500], 12, opts, None)[0] == ""  # small: no submatrix
+    small = 128 * pipeline.PICK_DIVISOR - 1
+    assert pipeline.pick_start(A[:small, :small], 12, opts, None)[0] == ""  # no submatrix
 
 
 @pytest.mark.parametrize("scheduler", ["threads"])
