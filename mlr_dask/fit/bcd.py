@@ -30,7 +30,7 @@ import numpy as np
 from mlr_dask.fit.svd import (
     batched_psd_eig,
     batched_randomized_svd,
-    batched_svd,
+    batched_svd_gram,
     block_psd_eig,
     block_svd,
 )
@@ -337,7 +337,7 @@ def fit_level(st: BCDState, lvl: int, cold: bool = False) -> None:
             xB, xC = U[:, :, r] * sq[:, None, r], V[:, :, r] * sq[:, None, r]
             tUB, tVC = U[:, :, r:], V[:, :, r:]
         else:
-            U, s, V = batched_svd(G, kk)
+            U, s, V = batched_svd_gram(G, kk)
             s2 = s**2
             sq = np.sqrt(s)
             nB = U[:, :, :r] * sq[:, None, :r]

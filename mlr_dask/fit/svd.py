@@ -19,6 +19,7 @@ import numpy as np
 
 __all__ = [
     "batched_svd",
+    "batched_svd_gram",
     "batched_psd_eig",
     "randomized_svd",
     "batched_randomized_svd",
@@ -65,6 +66,39 @@ def batched_svd(G: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarr
         return _pad_cols(U, k, 2), _pad_cols(nrm[:, None], k, 1), _pad_cols(V, k, 2)
     U, s, Vt = np.linalg.svd(G, full_matrices=False)
     V = np.swapaxes(Vt, 1, 2)
+    return _pad_cols(U, k, 2), _pad_cols(s, k, 1), _pad_cols(V, k, 2)
+
+
+#: :func:`batched_svd_gram` drops singular values below this fraction of the block's largest
+#: (the Gram matrix cannot resolve them: their square is below rounding of the largest).
+GRAM_RTOL = 1e-7
+
+
+def batched_svd_gram(G: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Top-``k`` SVD of every block of ``G`` (t, M, N) from the eigen-decomposition of the
+    Gram matrices of the shorter side (``G^T G`` when ``M >= N``): about half the time of
+    :func:`batched_svd` for blocks up to a few hundred on a side. Same returns. Singular
+    values below :data:`GRAM_RTOL` times the block's largest come back as zero with zero
+    vectors; the others are accurate to rounding relative to the largest, so
+    ``U diag(s) V^T`` is the projection of the block onto the returned right (left) vectors:
+    a rank-``k`` approximation whose error is that of the truncated SVD up to rounding.
+    Cost: O(t M N min(M, N)) for the Gram matrices plus a dense eigh of each."""
+    t, M, N = G.shape
+    if t == 0 or min(M, N) <= 1:
+        return batched_svd(G, k)
+    tall = M >= N
+    H = G if tall else np.swapaxes(G, 1, 2)  # (t, big, small)
+    S = np.matmul(np.swapaxes(H, 1, 2), H)
+    w, W = np.linalg.eigh(S)
+    kk = min(k, w.shape[1])
+    w = w[:, ::-1][:, :kk]
+    W = np.ascontiguousarray(W[:, :, ::-1][:, :, :kk])
+    s = np.sqrt(np.maximum(w, 0.0))
+    keep = s > GRAM_RTOL * s[:, :1]
+    s = np.where(keep, s, 0.0)
+    W *= keep[:, None, :]
+    Z = np.matmul(H, W) / np.where(keep, s, 1.0)[:, None, :]  # (t, big, kk)
+    U, V = (Z, W) if tall else (W, Z)
     return _pad_cols(U, k, 2), _pad_cols(s, k, 1), _pad_cols(V, k, 2)
 
 

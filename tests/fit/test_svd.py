@@ -87,3 +87,38 @@ def test_randomized_svd_operator_equals_array(rng):
     U, s, V = svd.batched_randomized_svd(G, 5, q=1, rng=np.random.default_rng(3))
     U1, s1, V1 = svd.randomized_svd(G[1], 5, q=1, rng=np.random.default_rng(3))
     np.testing.assert_allclose(s[1], s1, rtol=1e-12)  # one test matrix, shared by the stack
+
+
+@pytest.mark.parametrize("shape", [(5, 30, 20), (3, 20, 31), (1, 128, 128), (4, 2, 9)])
+@pytest.mark.parametrize("k", [1, 6, 40])
+def test_batched_svd_gram_matches_the_dense_svd(rng, shape, k):
+    from mlr_dask.fit.svd import batched_svd, batched_svd_gram
+
+    t, M, N = shape
+    # a decaying spectrum, like a residual block
+    G = np.stack([(rng.standard_normal((M, min(M, N))) * 0.7 ** np.arange(min(M, N)))
+                  @ rng.standard_normal((min(M, N), N)) for _ in range(t)])
+    U, s, V = batched_svd_gram(G, k)
+    U0, s0, V0 = batched_svd(G, k)
+    assert U.shape == U0.shape and s.shape == s0.shape and V.shape == V0.shape
+    scale = s0[:, :1]
+    np.testing.assert_allclose(s, s0, atol=1e-9 * scale.max())
+    # the rank-k approximations agree (vectors may differ in sign and within ties)
+    for i in range(t):
+        A = U[i] * s[i] @ V[i].T
+        A0 = U0[i] * s0[i] @ V0[i].T
+        np.testing.assert_allclose(A, A0, atol=1e-7 * scale[i, 0])
+        big = s[i] > 1e-4 * scale[i, 0]
+        for X in (U[i][:, big], V[i][:, big]):  # the divided side loses ~ eps s_1^2 / s_j^2
+            np.testing.assert_allclose(X.T @ X, np.eye(big.sum()), atol=1e-6)
+
+
+def test_batched_svd_gram_zero_and_rank_deficient_blocks(rng):
+    from mlr_dask.fit.svd import batched_svd_gram
+
+    G = np.zeros((3, 12, 9))
+    G[1] = np.outer(rng.standard_normal(12), rng.standard_normal(9))
+    U, s, V = batched_svd_gram(G, 4)
+    assert np.all(s[0] == 0) and np.all(U[0] == 0) and np.all(V[0] == 0)
+    assert s[1, 0] > 0 and np.all(s[1, 1:] == 0) and np.all(U[1][:, 1:] == 0)
+    np.testing.assert_allclose(U[1] * s[1] @ V[1].T, G[1], atol=1e-12)
