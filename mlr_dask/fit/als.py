@@ -183,7 +183,8 @@ def run_als(
     lowers the loss; an iteration that would raise it (rounding) ends the run with the old
     factors. Stops when the relative decrease is at most ``tol`` (not counting a redone
     iteration unless the one before was redone too), after ``max_iter``
-    iterations, or when ``callback(it, rel_error)`` returns True. Updates ``st`` (factors,
+    iterations, or when ``callback(it, rel_error)`` returns True (called after each
+    iteration). Updates ``st`` (factors,
     residual, loss) in place. Returns the relative error after each iteration (index 0: the
     start). Cost per iteration: two :func:`als_half_step` (three for a rejected
     extrapolation), no residual."""

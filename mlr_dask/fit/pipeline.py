@@ -43,6 +43,8 @@ __all__ = ["Plan", "partition", "allocate", "fit", "compare", "pick_start", "run
 
 #: The starts that ``init="best"`` chooses between.
 BEST_INITS = ("bottom", "uniform")
+#: The final fit by ALS stops at this fraction of ``tol`` (see :func:`fit`).
+ALS_TOL_FACTOR = 0.5
 #: Below this size (shorter side) BLAS runs single-threaded: its threads only add
 #: synchronization to the many small products and SVDs, and stall badly on a busy machine.
 BLAS_PARALLEL_MIN = 2048
@@ -304,7 +306,9 @@ def _rebuild(st: BCDState) -> np.ndarray:
 
 def fit(plan: Plan) -> None:
     """The final fit: BCD epochs, or ALS when chosen (``method="als"``, or ``"auto"`` when
-    :func:`als_affordable`), until the relative decrease of the loss is below ``tol``. With
+    :func:`als_affordable`), until the relative decrease of the loss is below ``tol`` (for ALS
+    ``ALS_TOL_FACTOR * tol``: an affordable ALS iteration costs less than a BCD epoch, so a
+    smaller decrease still pays). With
     ``"auto"`` an ALS epoch that costs more than ``als_cost_limit`` BCD epochs (timed in the
     same run, in CPU seconds of the process: a busy machine does not trip it) is not repeated:
     the fit continues with BCD. ALS runs with momentum (:func:`mlr_dask.fit.als.run_als`).
@@ -338,16 +342,18 @@ def fit(plan: Plan) -> None:
             AT = np.ascontiguousarray(Ap.T)
             limit = fo.als_cost_limit * bcd_s if fo.method == "auto" else None
             start, clock, slow = it, [time.process_time()], [False]
+            spent: list[float] = []
 
             def on_iter(e: int, err: float) -> bool:
                 now = time.process_time()
-                spent, clock[0] = now - clock[0], now
+                spent.append(now - clock[0])
+                clock[0] = now
                 plan.report("epoch", start + e, fo.max_iter, epoch=start + e, rel_error=err)
-                slow[0] = limit is not None and spent > limit
+                slow[0] = limit is not None and spent[-1] > limit
                 return slow[0]
 
-            als = run_als(Ap, st, max_iter=fo.max_iter - it, tol=fo.tol, AT=AT,
-                          callback=on_iter)
+            als = run_als(Ap, st, max_iter=fo.max_iter - it, tol=fo.tol * ALS_TOL_FACTOR,
+                          AT=AT, callback=on_iter)
             it += len(als) - 1
             hist += als[1:]
             done = not slow[0]
