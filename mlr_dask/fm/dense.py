@@ -72,6 +72,12 @@ class DenseEM:
                 ecol[b[g]:b[g + 1], o0:o1] = e0 + np.arange(o1 - o0)
         ecol[~tree.col_mask] = -1
         self.ecol = ecol
+        self._er, self._ec = np.nonzero(ecol >= 0)
+        self._ee = ecol[self._er, self._ec]
+        # the expanded columns of the lower levels (all but the root's): none for factor
+        # analysis, whose Psi is then the diagonal D
+        o0, o1 = tree.span(0)
+        self._lower = bool(np.any(tree.col_mask[:, o1:])) if tree.n_groups[0] == 1 else True
         # the leaves batched by their number of free factors: per batch the free expanded
         # columns (k, p) and the features of each leaf padded to the largest leaf (k, m),
         # padding pointing at feature n (a zero row appended to V)
@@ -91,8 +97,7 @@ class DenseEM:
     def expand(self, F: np.ndarray) -> np.ndarray:
         """(n, s) expanded loadings from compressed ``F`` (n, R)."""
         Fh = np.zeros((self.tree.n, self.tree.s))
-        rows, cols = np.nonzero(self.ecol >= 0)
-        Fh[rows, self.ecol[rows, cols]] = F[rows, cols]
+        Fh[self._er, self._ee] = F[self._er, self._ec]
         return Fh
 
     def _inverse(self, Fh: np.ndarray, D: np.ndarray) -> tuple[np.ndarray, float]:
@@ -100,15 +105,16 @@ class DenseEM:
         definite)."""
         from scipy.linalg import lapack
 
+        n = Fh.shape[0]
         Sigma = Fh @ Fh.T
-        Sigma[np.diag_indices_from(Sigma)] += D
-        C = np.linalg.cholesky(Sigma)
+        Sigma.flat[::n + 1] += D
+        C = np.linalg.cholesky(Sigma)  # zero above the diagonal, which dpotri keeps
         inv, info = lapack.dpotri(C, lower=1)
         if info != 0:
             raise np.linalg.LinAlgError("Sigma is singular")
-        Sinv = np.tril(inv)
-        Sinv += np.tril(inv, -1).T
-        return Sinv, 2.0 * float(np.log(np.diag(C)).sum())
+        Sinv = inv + inv.T
+        Sinv.flat[::n + 1] *= 0.5
+        return Sinv, 2.0 * float(np.log(C.diagonal()).sum())
 
     def loglike(self, F: np.ndarray, D: np.ndarray, S: np.ndarray | None = None) -> float:
         """Average log-likelihood per sample of data of covariance ``S`` (default the fitted
@@ -126,20 +132,34 @@ class DenseEM:
     def root_step(self, F: np.ndarray, D: np.ndarray) -> np.ndarray:
         """``F`` with its root columns replaced by their exact maximizer given the rest (module
         docstring). O(n^3)."""
-        from scipy.linalg import eigh, solve_triangular
+        from scipy.linalg import lapack
 
         o0, o1 = self.tree.span(0)
         k = o1 - o0
         Fr = F.copy()
         Fr[:, o0:o1] = 0.0
-        Fh = self.expand(Fr)
-        Psi = Fh @ Fh.T
-        Psi[np.diag_indices_from(Psi)] += D
-        L = np.linalg.cholesky(Psi)
-        M = solve_triangular(L, solve_triangular(L, self.S, lower=True).T, lower=True)
-        n = M.shape[0]
-        vals, vecs = eigh(0.5 * (M + M.T), subset_by_index=[n - k, n - 1])
-        Fr[:, o0:o1] = (L @ vecs) * np.sqrt(np.maximum(vals - 1.0, 0.0))
+        n = Fr.shape[0]
+        if self._lower:
+            Fh = self.expand(Fr)
+            Psi = Fh @ Fh.T
+            Psi.flat[::n + 1] += D
+            L = np.linalg.cholesky(Psi)
+            Li, info = lapack.dtrtri(L, lower=1)
+            if info != 0:
+                raise np.linalg.LinAlgError("Psi is singular")
+            M = Li @ self.S @ Li.T
+        else:  # factor analysis: Psi = D
+            d = np.sqrt(D)
+            M = self.S / np.outer(d, d)
+        vals, vecs = np.linalg.eigh(0.5 * (M + M.T))  # ascending; the full one is faster
+        vals, vecs = vals[n - k:], vecs[:, n - k:]
+        U = vecs * np.sqrt(np.maximum(vals - 1.0, 0.0))
+        U = L @ U if self._lower else d[:, None] * U
+        # the sign of each column as the input's (eigenvectors come with arbitrary signs, which
+        # would break the extrapolation of SQUAREM)
+        flip = np.einsum("ij,ij->j", U, F[:, o0:o1]) < 0
+        U[:, flip] *= -1.0
+        Fr[:, o0:o1] = U
         return Fr
 
     def step(self, F: np.ndarray, D: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
@@ -153,7 +173,7 @@ class DenseEM:
         B = Sinv @ Fh
         V = self.S @ B
         W = B.T @ V - Fh.T @ B
-        W[np.diag_indices_from(W)] += 1.0
+        W.flat[::W.shape[0] + 1] += 1.0
         ll = -0.5 * (self.tree.n * _LOG_2PI + logdet
                      + float(np.einsum("ij,ij->", Sinv, self.S)))
         n = self.tree.n

@@ -9,10 +9,13 @@ the group allows it), ``levels - 1`` times. Correlated features land in the same
 dask input ``C`` is computed on the cluster (one pass); the splits run on the driver. Cost
 O(N n^2) for ``C`` plus the eigenvectors of each group's block.
 
-*Ranks and shrinkage.* Chosen by the held-out log-likelihood of ``FOLDS``-fold
-cross-validation (the samples split at random, seeded by ``random_state``; the score of a
-choice is the held-out log-likelihood per sample over all folds), then the model is refitted
-on all the data with the choice. Greedy, like the MLR rank allocation, in two phases:
+*Ranks and shrinkage.* Chosen by the held-out log-likelihood of K-fold cross-validation (K =
+:func:`n_folds`: 5 below ``SMALL_N`` samples, else 3; the samples split at random, seeded by
+``random_state``; the score of a choice is the held-out log-likelihood per sample over all
+folds), then the model is refitted on all the data with the choice. The chosen shrinkage is
+scaled by (K - 1) / K for that refit: a shrinkage ``a`` on m samples is the weight of ``a m``
+prior samples (:mod:`mlr_dask.fm.moments`), and the same prior weight on the K / (K - 1) times
+larger data is that fraction. Greedy, like the MLR rank allocation, in two phases:
 
 1. with the dense trials and a single-group first level (the root): factor analysis first,
    the root alone at the ranks of ``ROOT_GRID`` in turn, without shrinkage, each trial
@@ -20,10 +23,11 @@ on all the data with the choice. Greedy, like the MLR rank allocation, in two ph
    best (the model with the root alone is factor analysis, so the search starts from the
    factor model that cross-validation picks); with the shrinkage
    searched, every value of ``SHRINKAGE_GRID`` is then tried at those ranks (see ``ONE_SE``);
-   then rounds of whole-level moves: each round tries one factor more, half the current rank
-   more and one factor less at every level, and one factor less at a level with one more at
-   the level below (factor analysis puts every factor at the root: the way down to factors of
-   groups), each group's rank capped at its size; each trial
+   then, from there, rounds of whole-level moves (a climb from rank 1 found choices that
+   scored better on one fold only and cost most of the search): each round tries one factor
+   more, half the current rank more and one factor less at every level, and one factor less
+   at a level with one more at the level below (factor analysis puts every factor at the
+   root: the way down to factors of groups), each group's rank capped at its size; each trial
    an EM per fold warm-started from the current parameters of that fold (a new factor starts
    small and random), and takes the best move not tried before; it stops after
    ``PATIENCE + 1`` rounds in a row that do not raise the best score by more than
@@ -32,7 +36,8 @@ on all the data with the choice. Greedy, like the MLR rank allocation, in two ph
    level rounds at the shrinkage ``SHRINKAGE_START``, the shrinkage grid, level rounds again;
 2. per group (levels of several groups): every group's rank one up and one down; when some
    moves pay, the best one is taken, or all the paying ones together when that scores better;
-   at most ``GROUP_ROUNDS`` rounds.
+   rounds until none pays, at most ``GROUP_ROUNDS``. A move to fewer factors pays when it
+   scores above the current choice at all, one to more factors by ``MIN_GAIN``.
 
 The held-out likelihood is used rather than an information criterion because the loadings of
 a multilevel model are not all identifiable (rotations within groups, a group's factor
@@ -45,10 +50,11 @@ rows with its held-out covariance about the training mean (:mod:`mlr_dask.fm.mom
 one trial costs O(n^2 R) per EM iteration whatever N, and a dask input or data store is read
 once on the cluster; with missing values the folds are the samples themselves (no shrinkage).
 With a distributed client active the trials of a round (every candidate and fold) run as
-futures. Cost: rounds x candidates x ``FOLDS`` warm EM fits of at most ``TRIAL_ITER``
-iterations; phase 2 has two candidates per group. With at most
-:data:`~mlr_dask.fm.dense.DENSE_MAX_FEATURES` features and complete data, the final fit starts
-from the dense EM on the covariance of all the data (:func:`dense_start`).
+futures. Cost: rounds x candidates x K warm EM fits of at most ``TRIAL_ITER`` (chunked) or
+``DENSE_TRIAL_ITER`` iterations (``MOVE_TRIAL_ITER`` for the rank moves); phase 2 has two
+candidates per group. With at most :data:`~mlr_dask.fm.dense.DENSE_MAX_FEATURES` features
+and complete data, the final fit starts from the dense EM on the covariance of all the data
+(:func:`dense_start`).
 """
 
 from __future__ import annotations
@@ -63,8 +69,15 @@ from mlr_dask.hierarchy import Hierarchy
 
 __all__ = ["learn_hierarchy", "auto_ranks", "FOLDS", "SHRINKAGE_GRID", "MIN_GAIN", "MIN_GROUP"]
 
-#: Folds of the cross-validation of ``ranks="auto"`` and ``shrinkage="auto"``.
+#: Folds of the cross-validation of ``ranks="auto"`` and ``shrinkage="auto"`` (see
+#: :func:`n_folds`).
 FOLDS = 3
+#: Folds below ``SMALL_N`` samples: a training fold keeps 4/5 of the samples instead of 2/3, so
+#: the choice is made at a sample size nearer the final fit's (with few samples the best size
+#: of the model and its shrinkage change fast with the sample size), and each choice is scored
+#: on more fits. Above, three folds are close enough and cost less.
+FOLDS_SMALL = 5
+SMALL_N = 1000
 #: Values of the shrinkage tried, all at once at the best ranks of the first level phase (from
 #: ``SHRINKAGE_START``). Log-spaced: on nearly collinear features (correlations near 1) even
 #: 1e-3 costs likelihood, while on noisy ones 0.05 or more pays.
@@ -87,12 +100,13 @@ ROOT_GRID = (1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50, 60, 80, 100, 1
 #: The root phase stops after this many ranks of the grid in a row below its best.
 ROOT_PATIENCE = 2
 #: Rounds of per-group moves after the per-level search.
-GROUP_ROUNDS = 1
+GROUP_ROUNDS = 3
 #: A feature's variance in a training fold is floored at this fraction of its overall one (a
 #: feature nearly constant in a fold, such as a rarely lit pixel, would otherwise get a tiny
 #: noise variance there and its held-out values would swamp the score of every choice).
 FOLD_VAR_FLOOR = 0.5
-#: Smallest gain of the held-out log-likelihood per sample for a rank move to be kept.
+#: Smallest gain of the held-out log-likelihood per sample for a rank move to be kept (a
+#: move to a nested model with fewer factors needs only a gain above zero).
 MIN_GAIN = 1e-2
 #: Smallest group a learned split creates (when the group allows it).
 MIN_GROUP = 2
@@ -100,6 +114,11 @@ MIN_GROUP = 2
 TRIAL_ITER = 200
 #: EM iterations of each trial of the dense EM (cheaper iterations).
 DENSE_TRIAL_ITER = 500
+#: EM iterations of each trial of a rank move (warm-started from a fitted choice: the loadings
+#: kept, the new factor small; slower to converge than the root trials, whose root is solved
+#: exactly). A move's score is then a lower bound of its converged one, the same budget for
+#: every candidate: the comparison errs towards the current choice.
+MOVE_TRIAL_ITER = 150
 #: Relative tolerance of the trials of the dense EM (at most the model's ``tol``). With the
 #: exact root step the trials stop within about 1e-2 nats per sample of their optimum at
 #: this tolerance (the size of ``MIN_GAIN``); plain EM crept on nearly collinear features and
@@ -180,6 +199,12 @@ def learn_hierarchy(Y: Any, levels: int, *, array: str | None = None,
     return Hierarchy(bounds, perm, level_names=[f"learned{i}" for i in range(levels)])
 
 
+def n_folds(N: int) -> int:
+    """Folds of the search for N samples: ``FOLDS_SMALL`` below ``SMALL_N`` samples, else
+    ``FOLDS``."""
+    return FOLDS_SMALL if N < SMALL_N else FOLDS
+
+
 def _grow(F: np.ndarray, old_tree: Any, new_tree: Any, D: np.ndarray,
           rng: np.random.Generator) -> np.ndarray:
     """Loadings for ``new_tree`` (one level with one more column) from ``F`` of ``old_tree``
@@ -208,11 +233,20 @@ def _pays(gain: np.ndarray) -> bool:
     return float(g.mean()) > se
 
 
-def _better(result: tuple, score: float, folds: np.ndarray) -> bool:
+def _fewer(spec: list[np.ndarray], than: list[np.ndarray]) -> bool:
+    """Whether the group ranks ``spec`` are nowhere above those of ``than`` and somewhere
+    below (a model nested in the other)."""
+    le = all(bool(np.all(a <= b)) for a, b in zip(spec, than, strict=True))
+    return le and any(bool(np.any(a < b)) for a, b in zip(spec, than, strict=True))
+
+
+def _better(result: tuple, score: float, folds: np.ndarray, simpler: bool = False) -> bool:
     """Whether a trial ``result`` (score, states, fold scores) beats a choice of ``score`` and
-    fold scores ``folds``: by more than ``MIN_GAIN`` and, with ``ONE_SE_MOVES``, by a mean
-    paired gain over the folds above its standard error (:func:`_pays`)."""
-    if result[0] <= score + MIN_GAIN:
+    fold scores ``folds``: by more than ``MIN_GAIN`` (by anything when the trial's model is
+    ``simpler``, nested in the choice's: fewer factors are kept unless they cost likelihood)
+    and, with ``ONE_SE_MOVES``, by a mean paired gain over the folds above its standard error
+    (:func:`_pays`)."""
+    if result[0] <= score + (0.0 if simpler else MIN_GAIN):
         return False
     return not ONE_SE_MOVES or _pays(np.asarray(result[2]) - np.asarray(folds))
 
@@ -382,7 +416,7 @@ def auto_ranks(model: Any, Y: Any, hier: Any, *, array: str | None = None,
     h = Hierarchy(hh.boundaries, level_names=hh.level_names)  # hierarchy order: identity
     n_factor = h.n_levels - 1 if (h.has_atoms and h.n_levels > 1) else h.n_levels
     seed = 0 if model.random_state is None else int(model.random_state)
-    folds = _Folds(model, data, FOLDS, seed)
+    folds = _Folds(model, data, n_folds(int(data.Y.shape[0])), seed)
     if folds.missing and shrinkage not in (None, 0.0):
         raise InputError("shrinkage > 0 needs complete data (Y contains NaN)")
     grid = (0.0,) if folds.missing else SHRINKAGE_GRID
@@ -401,9 +435,12 @@ def auto_ranks(model: Any, Y: Any, hier: Any, *, array: str | None = None,
     client = _client()
     trials: list[dict] = []
 
-    def evaluate(cands: list[tuple[list, float, list | None, str]]) -> list[tuple]:
+    def evaluate(cands: list[tuple[list, float, list | None, str]],
+                 max_iter: int | None = None) -> list[tuple]:
+        p = params if max_iter is None else {**params,
+                                             "max_iter": min(params["max_iter"], max_iter)}
         jobs = [(ci, k) for ci in range(len(cands)) for k in range(folds.K)]
-        args = [(params, h, [g.copy() for g in cands[ci][0]], folds.train(cands[ci][1])[k],
+        args = [(p, h, [g.copy() for g in cands[ci][0]], folds.train(cands[ci][1])[k],
                  folds.va[k], None if cands[ci][2] is None else cands[ci][2][k])
                 for ci, k in jobs]
         if client is not None:
@@ -470,7 +507,7 @@ def auto_ranks(model: Any, Y: Any, hier: Any, *, array: str | None = None,
         step += 1
         events.publish("fm-ranks", step=step, total=None, ranks=_level_max(cands[k][0]),
                        shrinkage=cands[k][1], validation=score)
-        if _better(results[k], best[0], best_f):
+        if _better(results[k], best[0], best_f, _fewer(cands[k][0], best[1])):
             best = (score, [g.copy() for g in cands[k][0]], cands[k][1], st)
             best_f = results[k][2]
 
@@ -487,7 +524,7 @@ def auto_ranks(model: Any, Y: Any, hier: Any, *, array: str | None = None,
             if not cands:
                 return
             seen.update(_key(c[0], c[1]) for c in cands)
-            results = evaluate(cands)
+            results = evaluate(cands, MOVE_TRIAL_ITER)
             k = int(np.argmax([r[0] for r in results]))
             record(cands, results, k)
             take(cands, results, k)
@@ -558,7 +595,6 @@ def auto_ranks(model: Any, Y: Any, hier: Any, *, array: str | None = None,
     rooted = root_phase()
     if rooted:
         shrinkage_phase()
-        level_phase(False, (res0[0][0], spec, best[2], res0[0][1]))
         level_phase(True)
     else:
         if search_ranks:
@@ -586,8 +622,9 @@ def auto_ranks(model: Any, Y: Any, hier: Any, *, array: str | None = None,
                                   f"level {lvl} group {g} {d:+d}"))
         if not cands:
             break
-        results = evaluate(cands)
-        gains = [j for j, r in enumerate(results) if _better(r, score0, f0)]
+        results = evaluate(cands, MOVE_TRIAL_ITER)
+        gains = [j for j, r in enumerate(results)
+                 if _better(r, score0, f0, _fewer(cands[j][0], spec0))]
         k = max(gains, key=lambda j: results[j][0]) if gains else -1
         record(cands, results, k)
         if not gains:
@@ -600,9 +637,12 @@ def auto_ranks(model: Any, Y: Any, hier: Any, *, array: str | None = None,
                     ch = cands[j][0][lvl] != spec0[lvl]
                     comb[lvl][ch] = cands[j][0][lvl][ch]
             c2 = [(comb, alpha, grown(comb, spec0, states0), "paying group moves together")]
-            r2 = evaluate(c2)
-            record(c2, r2, 0 if _better(r2[0], best[0], best_f) else -1)
-            if _better(r2[0], best[0], best_f):
+            r2 = evaluate(c2, MOVE_TRIAL_ITER)
+            ok = _better(r2[0], best[0], best_f, _fewer(comb, best[1]))
+            record(c2, r2, 0 if ok else -1)
+            if ok:
                 take(c2, r2, 0)
     _, spec, alpha, _ = best
+    if search_alpha:  # the same prior weight in samples for the K/(K-1) times larger data
+        alpha = alpha * (folds.K - 1) / folds.K
     return [g.tolist() for g in spec], float(alpha), trials
