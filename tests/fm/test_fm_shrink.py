@@ -133,6 +133,26 @@ def test_root_step_maximizes_over_the_root_loadings():
             assert dem.loglike(Fp, D) <= best + 1e-12
 
 
+def test_root_step_of_factor_analysis_matches_the_general_step():
+    """Root alone (Psi = D, the shortcut) against the Cholesky route of trees with lower
+    levels; the signs of the root columns follow the input's."""
+    rng = np.random.default_rng(3)
+    n, k = 12, 3
+    Y = rng.standard_normal((200, 4)) @ rng.standard_normal((4, n)) + rng.standard_normal((200, n))
+    S = np.cov(Y.T, bias=True)
+    tree = make_tree(Hierarchy.from_boundaries([[0, n], [0, 5, n]]), [k, 0])[0]
+    dem = DenseEM(tree, S)
+    assert not dem._lower
+    F = tree.apply_mask(rng.standard_normal((n, tree.rank)))
+    D = rng.uniform(0.5, 2, n)
+    fast = dem.root_step(F, D)
+    dem._lower = True
+    slow = dem.root_step(F, D)
+    np.testing.assert_allclose(fast, slow, rtol=1e-9, atol=1e-12)
+    o0, o1 = tree.span(0)
+    assert np.all(np.einsum("ij,ij->j", fast[:, o0:o1], F[:, o0:o1]) >= 0)
+
+
 def test_dense_em_reaches_factor_analysis_on_nearly_collinear_data():
     """Root alone: the dense EM (exact root step, factor-analysis start) reaches scikit-learn's
     factor analysis on features that are nearly linear combinations of each other, where EM
