@@ -110,21 +110,36 @@ REORDER_ABOVE = 2.0
 
 
 def default_block_items(client: Any = None) -> int:
-    """The largest block side a task may learn in memory: sixteen float64 copies of the block
-    (the partition's copies, with room for the worker's own memory) within the smallest
-    worker memory limit of the client's cluster divided by the worker's threads, at most
-    4096; 2048 when there is no client or no limit."""
+    """The largest block side a task may learn in memory: eight float64 copies of the block
+    (a block task holds about six: the block, its residual and the partition's work arrays,
+    plus the stored tiles being decoded) within a task's share of its worker's memory. The share
+    is :data:`BLOCK_MEMORY_SHARE` of the worker's limit less the memory its process already
+    holds outside the managed data (interpreter, libraries, compiled kernels), over the worker's
+    threads; the smallest over the workers counts. Between 64 and 4096; 2048 when there is no
+    client or no limit. Cost: one scheduler query."""
     if client is None:
         return 2048
-    try:  # the memory of one task: the worker's limit over its threads
-        limits = [(w.get("memory_limit") or 0) / max(1, int(w.get("nthreads") or 1))
-                  for w in client.scheduler_info()["workers"].values()]
+    try:  # the memory of one task: the worker's free share over its threads
+        shares = []
+        for w in client.scheduler_info()["workers"].values():
+            limit = w.get("memory_limit") or 0
+            if not limit:
+                continue
+            metrics = w.get("metrics") or {}
+            own = max(0, int(metrics.get("memory") or 0) - int(metrics.get("managed_bytes") or 0))
+            free = max(BLOCK_MEMORY_SHARE * limit - own, 0.1 * limit)
+            shares.append(free / max(1, int(w.get("nthreads") or 1)))
     except Exception:  # an unusual client: keep the default
         return 2048
-    lim = min((x for x in limits if x), default=0)
-    if not lim:
+    if not shares:
         return 2048
-    return int(max(64, min(4096, np.sqrt(lim / (16 * 8)))))
+    return int(max(64, min(4096, np.sqrt(min(shares) / (8 * 8)))))
+
+
+#: The part of a worker's memory limit that the tasks of the learned path plan to use,
+#: process memory included: below the worker's pause threshold (80% by default), with room for
+#: the decoded tiles and results in flight.
+BLOCK_MEMORY_SHARE = 0.7
 
 
 # ------------------------------------------------------------------------------ the source

@@ -219,3 +219,33 @@ def test_reorder_before_the_final_fit_changes_reads_not_results(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["K.zarr"]  # the rewrite is gone
     with pytest.raises(InputError, match="reorder"):
         learn_mlr_dask(store, 10, 6, opts=LearnOptions(reorder="sometimes"))
+
+
+def test_default_block_items_leaves_the_worker_process_its_memory():
+    """The block side follows the worker's free share of its limit: the process's own memory
+    (outside the managed data) is taken off first, and the smallest worker counts."""
+    from mlr_dask.fit.learn_dask import BLOCK_MEMORY_SHARE, default_block_items
+
+    class Client:
+        def __init__(self, workers):
+            self.workers = workers
+
+        def scheduler_info(self):
+            return {"workers": {f"w{i}": w for i, w in enumerate(self.workers)}}
+
+    def worker(limit, threads, memory, managed=0):
+        return {"memory_limit": limit, "nthreads": threads,
+                "metrics": {"memory": memory, "managed_bytes": managed}}
+
+    assert default_block_items(None) == 2048
+    assert default_block_items(Client([worker(0, 2, 10**8)])) == 2048  # no limit
+    b = default_block_items(Client([worker(800 * 10**6, 2, 340 * 10**6)]))
+    expect = np.sqrt((BLOCK_MEMORY_SHARE * 800e6 - 340e6) / 2 / 64)
+    assert b == int(expect)
+    # two tasks of eight copies each stay within the share the process leaves
+    assert 2 * 8 * 8 * b * b + 340e6 <= BLOCK_MEMORY_SHARE * 800e6
+    # managed data is not the process's own memory; the smaller worker counts
+    assert default_block_items(Client([worker(800 * 10**6, 2, 440 * 10**6, 10**8)])) == b
+    assert default_block_items(Client([worker(800 * 10**6, 2, 340 * 10**6),
+                                       worker(400 * 10**6, 1, 300 * 10**6)])) < b
+    assert default_block_items(Client([worker(64 * 10**9, 4, 10**9)])) == 4096

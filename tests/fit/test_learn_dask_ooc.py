@@ -42,12 +42,11 @@ def _write_radial(path, n, chunk, seed=0, sigma=0.9, n_scales=3):
 
 
 def _worker_trouble(client, pids_before):
-    """(restarts, pause times) of the workers: a worker whose process changed was restarted
-    (by the nanny, e.g. over its memory limit); a pause is a status change the scheduler
-    logged (its time.time())."""
+    """(restarts, pause times) of the workers: a worker process that was not there at the start
+    replaced one (restarted by the nanny, e.g. over its memory limit, under a new address); a
+    pause is a status change the scheduler logged (its time.time())."""
     pids = client.run(os.getpid)
-    restarts = sum(pids.get(a) != p for a, p in pids_before.items())
-    restarts += len(set(pids) - set(pids_before))
+    restarts = len(set(pids.values()) - set(pids_before.values()))
     pauses = []
     for addr in set(pids) | set(pids_before):
         pauses += [t for t, ev in client.get_events(addr) if isinstance(ev, dict)
