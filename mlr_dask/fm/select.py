@@ -38,6 +38,10 @@ larger data is that fraction. Greedy, like the MLR rank allocation, in two phase
    moves pay, the best one is taken, or all the paying ones together when that scores better;
    rounds until none pays, at most ``GROUP_ROUNDS``. A move to fewer factors pays when it
    scores above the current choice at all, one to more factors by ``MIN_GAIN``.
+3. after a search that began with the root phase, its choice is returned only when its paired
+   gain over the folds against the factor analysis model of that phase (the root alone at
+   its chosen rank and shrinkage) exceeds the standard error of that gain (``KEEP_FA``);
+   otherwise that factor analysis model is returned.
 
 The held-out likelihood is used rather than an information criterion because the loadings of
 a multilevel model are not all identifiable (rotations within groups, a group's factor
@@ -94,6 +98,15 @@ ONE_SE = True
 #: significant). Off: with three folds it kept the search from the small per-group gains it
 #: is there to find, and on the breast cancer data it moved the held-out score by under 0.1.
 ONE_SE_MOVES = False
+#: The final choice of a search that started with the root phase is compared with the factor
+#: analysis model that phase found (the root alone at its CV rank and shrinkage, a member of
+#: every family searched): the search's choice is returned only when its paired gain over the
+#: folds exceeds its standard error (:func:`_pays`), else the factor analysis model. The many
+#: moves of the search are each taken on a mean gain, and on heavy-tailed data (a few outlying
+#: samples in one fold) a chain of them can drift to a choice that wins on one fold only; this
+#: one test against the model the search started from keeps it from losing to plain factor
+#: analysis by that drift.
+KEEP_FA = True
 #: Ranks of the root tried alone (factor analysis) at the start of the search (those below the
 #: number of features).
 ROOT_GRID = (1, 2, 3, 4, 5, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50, 60, 80, 100, 150, 200, 300)
@@ -593,8 +606,10 @@ def auto_ranks(model: Any, Y: Any, hier: Any, *, array: str | None = None,
     # phase 1: factor analysis (the root alone at every rank), the shrinkage, whole levels;
     # without the root phase, whole levels at the starting shrinkage first
     rooted = root_phase()
+    ref = None
     if rooted:
         shrinkage_phase()
+        ref = (best, best_f)  # factor analysis: the root alone at its CV rank and shrinkage
         level_phase(True)
     else:
         if search_ranks:
@@ -642,6 +657,12 @@ def auto_ranks(model: Any, Y: Any, hier: Any, *, array: str | None = None,
             record(c2, r2, 0 if ok else -1)
             if ok:
                 take(c2, r2, 0)
+    if ref is not None and KEEP_FA and _key(best[1], best[2]) != _key(ref[0][1], ref[0][2]) \
+            and not _pays(np.asarray(best_f) - np.asarray(ref[1])):
+        # the search's choice against factor analysis: kept only on a significant gain
+        record([(ref[0][1], ref[0][2], None, "factor analysis kept")],
+               [(ref[0][0], None, ref[1])], 0)
+        best = ref[0]
     _, spec, alpha, _ = best
     if search_alpha:  # the same prior weight in samples for the K/(K-1) times larger data
         alpha = alpha * (folds.K - 1) / folds.K

@@ -178,3 +178,25 @@ def test_auto_with_missing_values_searches_ranks_on_the_samples():
     assert len(m.rank_trials_) > 3 and np.isfinite(m.score(Y))
     with pytest.raises(InputError, match="complete data"):
         MultilevelFactorModel(h, "auto", shrinkage=0.1, max_iter=100).fit(Y)
+
+
+def test_auto_ranks_keeps_factor_analysis_without_a_significant_gain(monkeypatch):
+    """Root-only factors with heavy-tailed (t, 2 df) noise under a hierarchy of 4 groups with no
+    structure of their own: the moves of the search drift to a factor of one group (mean gains
+    over the folds), which is not significant against the factor analysis model of its root
+    phase, so that model is returned."""
+    rng = np.random.default_rng(9)
+    N, n = 150, 16
+    Y = rng.standard_normal((N, 3)) @ rng.standard_normal((3, n))
+    Y += 0.7 * rng.standard_t(2, (N, n))
+    h = Hierarchy.from_labels([np.arange(n) % 4])
+    m = MultilevelFactorModel(h, "auto", max_iter=300, random_state=0).fit(Y)
+    trials = m.rank_trials_
+    ref = [t for t in trials if t["move"].startswith("shrinkage") and t["accepted"]][-1]
+    chosen = [g.tolist() for g in m.group_ranks_]
+    assert trials[-1]["move"] == "factor analysis kept" and trials[-1]["accepted"]
+    assert trials[-1]["folds"] == ref["folds"]
+    assert chosen == ref["group_ranks"] and chosen[1] == [0, 0, 0, 0]
+    monkeypatch.setattr(select, "KEEP_FA", False)  # without the test: the drift is kept
+    m2 = MultilevelFactorModel(h, "auto", max_iter=300, random_state=0).fit(Y)
+    assert any(r > 0 for r in m2.group_ranks_[1])
