@@ -93,39 +93,81 @@ def diag_products(eng: Any, F: Any, c: int, rch: np.ndarray, cch: np.ndarray,
     return out
 
 
-def _half_step(eng: Any, F: Any, c: int, rch: np.ndarray, cch: np.ndarray,
-               transpose: bool) -> list[np.ndarray]:
-    """New row factors for fixed column factors (``transpose``: new column factors for fixed
-    row factors), one exact least-squares solve per finest block with rank."""
-    fixed = F.B if transpose else F.C
-    ob, ib = (F.cb, F.rb) if transpose else (F.rb, F.cb)
-    P = diag_products(eng, F, c, rch, cch, fixed, transpose)
-    return leaf_solve(P, ob, ib, fixed, F.ranks)
+def _row_step(eng: Any, F: Any, c: int, rch: np.ndarray, cch: np.ndarray,
+              C: list[np.ndarray]) -> list[np.ndarray]:
+    """New row factors for the column factors ``C`` (one exact least-squares solve per finest
+    block of rows with rank). Cost: the products of :func:`diag_products`."""
+    P = diag_products(eng, F, c, rch, cch, C, transpose=False)
+    return leaf_solve(P, F.rb, F.cb, C, F.ranks)
+
+
+def _col_step(eng: Any, F: Any, c: int, rch: np.ndarray, cch: np.ndarray,
+              B: list[np.ndarray], norm2: float) -> tuple[list[np.ndarray], float]:
+    """New column factors for the row factors ``B`` and the loss they reach, without a pass for
+    the loss: at an exact least-squares solution the residual is orthogonal to the fit, so
+    ``||A - M||^2 = ||A||^2 - sum_l <C_l, blockdiag_l(A^T) B_l>`` (the right-hand sides)."""
+    Q = diag_products(eng, F, c, rch, cch, B, transpose=True)
+    C = leaf_solve(Q, F.cb, F.rb, B, F.ranks)
+    fit = sum(float(np.einsum("ij,ij->", cl, ql)) for cl, ql in zip(C, Q, strict=True))
+    return C, norm2 - fit
 
 
 def run_als_dask(eng: Any, F: Any, c: int, rch: np.ndarray, cch: np.ndarray,
                  loss: Callable[[], float], cur: float, norm2: float, *, max_iter: int,
-                 tol: float, progress: Callable[[str, dict[str, Any]], None] | None = None
+                 tol: float, momentum: bool = True,
+                 progress: Callable[[str, dict[str, Any]], None] | None = None
                  ) -> list[float]:
     """ALS iterations from the factors in ``F`` (updated in place; not PSD), whose loss is
     ``cur``; ``loss()`` is one pass computing the current loss, ``norm2`` is ``||A||_F^2``.
-    Stops after ``max_iter`` iterations, when an iteration lowers the loss by at most ``tol``
-    of it, or when one raises it (rounding: its factors are restored). Returns the relative
-    error after each kept iteration."""
+
+    The iteration of :func:`mlr_dask.fit.als.run_als`: a row half step then a column half step,
+    the loss from the column step's right-hand sides (no pass of its own), and with
+    ``momentum`` the row step from the extrapolated column factors ``C + beta (C - C_prev)``;
+    an extrapolated iteration that does not lower the loss is redone from ``C`` with a smaller
+    ``beta``. Stops after ``max_iter`` iterations, when an iteration lowers the loss by at most
+    ``tol`` of it (a plain step right after a discarded extrapolation does not count, unless
+    the one before was redone too), or when a plain iteration would raise it (rounding: the old
+    factors are kept). One ``loss()`` pass at the end gives the exact final loss. Returns the
+    relative error after each kept iteration. Cost per iteration: two half steps (three after a
+    discarded extrapolation), each about ``1 + sum_{l < c} 1 / p_l`` reads of A."""
+    from mlr_dask.fit.als import BETA_CUT, BETA_GROW, BETA_MAX, BETA_START
+
+    def rel(x: float) -> float:
+        return float(np.sqrt(max(x, 0.0) / norm2)) if norm2 > 0 else 0.0
+
     out: list[float] = []
+    B, C = list(F.B), list(F.C)
+    C_prev: list[np.ndarray] | None = None
+    beta, rejected = BETA_START, False
     for it in range(1, max_iter + 1):
-        old = (list(F.B), list(F.C))  # the half steps return new arrays: no copies needed
-        F.B[:] = _half_step(eng, F, c, rch, cch, transpose=False)
-        F.C[:] = _half_step(eng, F, c, rch, cch, transpose=True)
-        new = loss()
-        if new > cur:
-            F.B[:], F.C[:] = old
-            break
-        out.append(float(np.sqrt(new / norm2)) if norm2 > 0 else 0.0)
+        step = None
+        was_rejected, rejected = rejected, False
+        if momentum and C_prev is not None:
+            Cy = [cl + beta * (cl - pl) for cl, pl in zip(C, C_prev, strict=True)]
+            Bn = _row_step(eng, F, c, rch, cch, Cy)
+            Cn, new = _col_step(eng, F, c, rch, cch, Bn, norm2)
+            if new < cur:
+                step = (Bn, Cn, new)
+                beta = min(BETA_MAX, beta * BETA_GROW)
+            else:
+                beta *= BETA_CUT
+                rejected = True
+        if step is None:
+            Bn = _row_step(eng, F, c, rch, cch, C)
+            Cn, new = _col_step(eng, F, c, rch, cch, Bn, norm2)
+            if new > cur:  # rounding of the normal equations: keep the old factors
+                break
+            step = (Bn, Cn, new)
+        C_prev = C
+        B, C, before, cur = step[0], step[1], cur, step[2]
+        out.append(rel(cur))
         if progress:
             progress("epoch", {"epoch": it, "rel_error": out[-1], "method": "als"})
-        done = cur <= 0 or (cur - new) <= tol * cur
-        cur = new
-        if done:
+        if before <= 0:
             break
+        if (before - cur) <= tol * before and (not rejected or was_rejected):
+            break
+    F.B[:], F.C[:] = B, C
+    if out:  # the exact loss of the final factors (the one above drops rounding)
+        out[-1] = rel(loss())
     return out

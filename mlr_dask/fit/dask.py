@@ -833,9 +833,10 @@ def fit_products(
     als = method == "als" and not psd and not operator
     if als:  # see mlr_dask.fit.als_dask
         from mlr_dask.fit.als_dask import run_als_dask
+        from mlr_dask.fit.pipeline import ALS_TOL_FACTOR  # the in-memory final fit's stop
 
-        hist += run_als_dask(eng, F, c, rch, cch, loss, cur, norm2, max_iter=max_iter, tol=tol,
-                             progress=progress)
+        hist += run_als_dask(eng, F, c, rch, cch, loss, cur, norm2, max_iter=max_iter,
+                             tol=tol * ALS_TOL_FACTOR, progress=progress)
     else:
         for it in range(1, max_iter + 1):
             epoch(epoch_order(L))  # the full order: see epoch_levels

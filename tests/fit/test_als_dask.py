@@ -4,7 +4,7 @@ import pytest
 
 from mlr_dask.datasets.mlr import mlr_plus_noise
 from mlr_dask.fit.als import als_half_step
-from mlr_dask.fit.als_dask import _half_step, diag_products
+from mlr_dask.fit.als_dask import _col_step, _row_step, diag_products, run_als_dask
 from mlr_dask.fit.dask import _DaskEngine, _Factors, _NumpyEngine, chunk_layout, fit_mlr_dask
 
 
@@ -22,6 +22,17 @@ def _factors(truth, seed):
         F.B[lvl][:] = rng.standard_normal(F.B[lvl].shape)
         F.C[lvl][:] = rng.standard_normal(F.C[lvl].shape)
     return F
+
+
+def _model(F):
+    """The dense model ``sum_l blockdiag_l(B_l C_l^T)`` of the factors, in hierarchy order."""
+    M = np.zeros((F.rb[0][-1], F.cb[0][-1]))
+    for lvl in range(len(F.ranks)):
+        rb, cb = F.rb[lvl], F.cb[lvl]
+        for k in range(rb.size - 1):
+            M[rb[k]:rb[k + 1], cb[k]:cb[k + 1]] += (F.B[lvl][rb[k]:rb[k + 1]]
+                                                    @ F.C[lvl][cb[k]:cb[k + 1]].T)
+    return M
 
 
 def _dense_diag(Ah, rb, cb, X, transpose):
@@ -52,19 +63,44 @@ def test_diag_products_match_dense_blocks(problem, engine, transpose):
     assert eng.passes > 0
 
 
-def test_half_step_equals_the_in_memory_half_step(problem):
+def test_half_steps_equal_the_in_memory_half_step(problem):
+    """The row and column steps are the in-memory half steps, and the column step's loss
+    (from its right-hand sides) is the dense loss of the new factors."""
     truth, _, Ah = problem
     c, rch, cch = chunk_layout(truth.rows, truth.cols, 40)
     F = _factors(truth, 2)
     eng = _NumpyEngine(Ah, rch, cch)
-    got = _half_step(eng, F, c, rch, cch, transpose=False)
+    B = _row_step(eng, F, c, rch, cch, F.C)
     ref = als_half_step(Ah, F.rb, F.cb, F.C, F.ranks)
-    for g, r in zip(got, ref, strict=True):
+    for g, r in zip(B, ref, strict=True):
         np.testing.assert_allclose(g, r, atol=1e-8)
-    got = _half_step(eng, F, c, rch, cch, transpose=True)
-    ref = als_half_step(np.ascontiguousarray(Ah.T), F.cb, F.rb, F.B, F.ranks)
-    for g, r in zip(got, ref, strict=True):
+    C, loss = _col_step(eng, F, c, rch, cch, B, float(np.sum(Ah**2)))
+    ref = als_half_step(np.ascontiguousarray(Ah.T), F.cb, F.rb, B, F.ranks)
+    for g, r in zip(C, ref, strict=True):
         np.testing.assert_allclose(g, r, atol=1e-8)
+    F.B[:], F.C[:] = B, C
+    assert loss == pytest.approx(float(np.sum((Ah - _model(F)) ** 2)), rel=1e-9)
+
+
+@pytest.mark.parametrize("seed", [4, 5])
+def test_momentum_als_is_monotone_and_no_worse_than_plain(problem, seed):
+    truth, _, Ah = problem
+    c, rch, cch = chunk_layout(truth.rows, truth.cols, 40)
+    norm2 = float(np.sum(Ah**2))
+    out = {}
+    for momentum in (False, True):
+        F = _factors(truth, seed)
+        eng = _NumpyEngine(Ah, rch, cch)
+
+        def loss(F=F):
+            return float(np.sum((Ah - _model(F)) ** 2))
+
+        h = run_als_dask(eng, F, c, rch, cch, loss, loss(), norm2, max_iter=12, tol=0.0,
+                         momentum=momentum)
+        assert np.all(np.diff(h) <= 1e-12)
+        assert h[-1] == pytest.approx(np.sqrt(loss() / norm2), rel=1e-10)
+        out[momentum] = h[-1]
+    assert out[True] <= out[False] * (1 + 1e-9)
 
 
 def test_als_fit_on_dask_equals_numpy_engine_and_beats_bcd(problem):
