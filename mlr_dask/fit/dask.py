@@ -505,12 +505,15 @@ class _Factors:
         self.C = self.B if self.psd else C
         self.tC = self.tB if self.psd else tC
 
-    def add_next(self, lvl: int) -> None:
+    def add_next(self, lvl: int, warm: bool = True) -> None:
         """One more rank on level ``lvl``, started at the stored next singular pair of its
-        blocks (as the in-memory growth does)."""
-        self.B[lvl] = np.hstack([self.B[lvl], self.nB[lvl][:, None]])
+        blocks (as the in-memory growth does) when ``warm``, else at zero (for the level's next
+        fit to find)."""
+        nb = self.nB[lvl] if warm else np.zeros_like(self.nB[lvl])
+        self.B[lvl] = np.hstack([self.B[lvl], nb[:, None]])
         if not self.psd:
-            self.C[lvl] = np.hstack([self.C[lvl], self.nC[lvl][:, None]])
+            nc = self.nC[lvl] if warm else np.zeros_like(self.nC[lvl])
+            self.C[lvl] = np.hstack([self.C[lvl], nc[:, None]])
         else:
             self.C = self.B
         self.ranks[lvl] += 1
@@ -814,8 +817,11 @@ def fit_products(
                 raise InputError(f"rank {total} exceeds the capacity {sum(caps)} of the levels")
             dst = sorted(cand, key=lambda x: -F.dp[x])[:min(grow_per_step,
                                                             total - sum(F.ranks))]
+            # several levels grown at once start at zero: their stored next pairs were taken
+            # from residuals that overlap (each still holds what the others' pairs explain),
+            # and a short fit does not untangle them
             for x in dst:
-                F.add_next(x)
+                F.add_next(x, warm=len(dst) == 1)
             epoch(epoch_order(L))
             moves.append({"step": len(moves) + 1, "src": None, "dst": [int(x) for x in dst],
                           "ranks": list(F.ranks)})
