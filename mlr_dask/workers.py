@@ -33,10 +33,10 @@ def warm_kernels() -> list[str]:
 
 
 #: Chunks one zarr read decodes at once in a worker (zarr's ``async.concurrency``, 10 by
-#: default). Every task that reads a selection across many stored chunks holds that many decoded
-#: chunks, and a worker runs a task per thread: at the default, two tasks reading scattered
-#: blocks of a store of 1250 x 1250 chunks held about 300 MB each, for a 12.5 MB result. On a
-#: local disk one at a time reads as fast; for object stores with high latency set
+#: default). Every task that reads a selection across many stored chunks holds about that many
+#: decoded chunks, whatever the size of its result, and a worker runs a task per thread, so at
+#: the default the reads, not the tasks' arrays, set a worker's peak memory. On a local disk
+#: one at a time reads as fast; for object stores with high latency set
 #: ``ZARR_ASYNC__CONCURRENCY`` in the workers' environment, which is left alone.
 READ_CONCURRENCY = 1
 
