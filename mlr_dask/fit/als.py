@@ -23,7 +23,8 @@ import numpy as np
 
 from mlr_dask.fit.bcd import BCDState, add_lowrank
 
-__all__ = ["als_half_step", "als_half_step_lstsq", "diag_products", "leaf_solve", "run_als"]
+__all__ = ["als_half_step", "als_half_step_lstsq", "diag_products", "leaf_solve",
+           "momentum_iterations", "run_als"]
 
 
 def _design(F: Sequence[np.ndarray], bounds: Sequence[np.ndarray], anc: np.ndarray,
@@ -161,6 +162,64 @@ def _c_step_loss(AT: np.ndarray, st: BCDState, B: list[np.ndarray]
     return C, st.norm2 - fit
 
 
+def momentum_iterations(
+    B: list[np.ndarray],
+    C: list[np.ndarray],
+    loss: float,
+    row_step: Callable[[list[np.ndarray]], list[np.ndarray]],
+    col_step: Callable[[list[np.ndarray]], tuple[list[np.ndarray], float]],
+    *,
+    max_iter: int,
+    tol: float,
+    momentum: bool = True,
+    after: Callable[[int, float], bool | None] | None = None,
+) -> tuple[list[np.ndarray], list[np.ndarray], list[float]]:
+    """The ALS iteration, whatever computes its half steps: from factors ``B`` / ``C`` with
+    loss ``loss``, an iteration is ``B' = row_step(C)`` then ``C', loss' = col_step(B')``.
+
+    ``momentum``: the row step starts from the extrapolated column factors
+    ``C + beta (C - C_prev)`` (the iteration map keeps the gauge of the factors, so
+    consecutive iterates are comparable); an extrapolated iteration that does not lower the
+    loss is discarded and redone from ``C`` with a smaller ``beta``. Every accepted iterate
+    lowers the loss; a plain iteration that would raise it (rounding) ends the run with the old
+    factors. Stops when the relative decrease is at most ``tol`` (not counting a plain step
+    right after a discarded extrapolation, unless the one before was redone too), after
+    ``max_iter`` iterations, or when ``after(it, loss)`` (called after each accepted
+    iteration) returns True. Returns the final factors and the loss after each accepted
+    iteration. Cost per iteration: two half steps, three after a discarded extrapolation."""
+    losses: list[float] = []
+    C_prev: list[np.ndarray] | None = None
+    beta, rejected = BETA_START, False  # rejected: the last iteration discarded its extrapolation
+    for it in range(1, max_iter + 1):
+        step = None
+        was_rejected, rejected = rejected, False
+        if momentum and C_prev is not None:
+            Cy = [c + beta * (c - p) for c, p in zip(C, C_prev, strict=True)]
+            Bn = row_step(Cy)
+            Cn, new = col_step(Bn)
+            if new < loss:
+                step = (Bn, Cn, new)
+                beta = min(BETA_MAX, beta * BETA_GROW)
+            else:
+                beta *= BETA_CUT
+                rejected = True
+        if step is None:
+            Bn = row_step(C)
+            Cn, new = col_step(Bn)
+            if new > loss:  # rounding of the normal equations: keep the old factors
+                break
+            step = (Bn, Cn, new)
+        C_prev = C
+        B, C, before, loss = step[0], step[1], loss, step[2]
+        losses.append(loss)
+        stop = bool(after(it, loss)) if after else False
+        if stop or before <= 0:
+            break
+        if (before - loss) <= tol * before and (not rejected or was_rejected):
+            break
+    return B, C, losses
+
+
 def run_als(
     Ap: np.ndarray,
     st: BCDState,
@@ -171,61 +230,26 @@ def run_als(
     callback: Callable[[int, float], bool | None] | None = None,
     momentum: bool = True,
 ) -> list[float]:
-    """ALS iterations starting from the factors in ``st`` (non-PSD); ``Ap`` (m, n) is the
-    target in hierarchy order (``AT``: its contiguous transpose, when the caller has it).
-
-    An iteration is a row half step then a column half step; its loss comes from the column
-    step's right-hand sides (:func:`_c_step_loss`), so the residual is rebuilt only at the end.
-    ``momentum``: the row step starts from the extrapolated column factors
-    ``C + beta (C - C_prev)`` (the iteration map keeps the gauge of the factors, so
-    consecutive iterates are comparable); an extrapolated iteration that does not lower the
-    loss is discarded and redone from ``C`` with a smaller ``beta``. Every accepted iterate
-    lowers the loss; an iteration that would raise it (rounding) ends the run with the old
-    factors. Stops when the relative decrease is at most ``tol`` (not counting a redone
-    iteration unless the one before was redone too), after ``max_iter``
-    iterations, or when ``callback(it, rel_error)`` returns True (called after each
-    iteration). Updates ``st`` (factors,
-    residual, loss) in place. Returns the relative error after each iteration (index 0: the
-    start). Cost per iteration: two :func:`als_half_step` (three for a rejected
-    extrapolation), no residual."""
+    """ALS iterations (:func:`momentum_iterations`) starting from the factors in ``st``
+    (non-PSD); ``Ap`` (m, n) is the target in hierarchy order (``AT``: its contiguous
+    transpose, when the caller has it). The half steps are :func:`als_half_step`; the loss of
+    an iteration comes from the column step's right-hand sides (:func:`_c_step_loss`), so the
+    residual is rebuilt only at the end. ``callback(it, rel_error)`` is called after each
+    iteration and stops the run by returning True. Updates ``st`` (factors, residual, loss)
+    in place. Returns the relative error after each iteration (index 0: the start). Cost per
+    iteration: two :func:`als_half_step` (three for a rejected extrapolation), no residual."""
     AT = np.ascontiguousarray(Ap.T) if AT is None else AT
     hist = [st.rel_error]
-    loss = st.loss
-    B, C = st.B, st.C
-    C_prev: list[np.ndarray] | None = None
-    beta = BETA_START
-    rejected = False  # the last iteration discarded its extrapolation
-    for it in range(1, max_iter + 1):
-        new = None
-        was_rejected, rejected = rejected, False
-        if momentum and C_prev is not None:
-            Cy = [c + beta * (c - p) for c, p in zip(C, C_prev, strict=True)]
-            Bn = als_half_step(Ap, st.rb, st.cb, Cy, st.ranks)
-            Cn, new_loss = _c_step_loss(AT, st, Bn)
-            if new_loss < loss:
-                new = (Bn, Cn, new_loss)
-                beta = min(BETA_MAX, beta * BETA_GROW)
-            else:
-                beta *= BETA_CUT
-                rejected = True
-        if new is None:
-            Bn = als_half_step(Ap, st.rb, st.cb, C, st.ranks)
-            Cn, new_loss = _c_step_loss(AT, st, Bn)
-            if new_loss > loss:  # rounding of the normal equations: keep the old factors
-                break
-            new = (Bn, Cn, new_loss)
-        C_prev = C
-        B, C, before, loss = new[0], new[1], loss, new[2]
+
+    def after(it: int, loss: float) -> bool:
         st.loss = loss
         hist.append(st.rel_error)
-        stop = bool(callback(it, hist[-1])) if callback else False
-        if stop or before <= 0:
-            break
-        # a plain step right after a discarded extrapolation is a restart: its small decrease
-        # does not mean convergence, unless the one before was a restart too
-        if (before - loss) <= tol * before and (not rejected or was_rejected):
-            break
-    st.B, st.C = B, C
+        return bool(callback(it, hist[-1])) if callback else False
+
+    st.B, st.C, _ = momentum_iterations(
+        st.B, st.C, st.loss, lambda C: als_half_step(Ap, st.rb, st.cb, C, st.ranks),
+        lambda B: _c_step_loss(AT, st, B), max_iter=max_iter, tol=tol, momentum=momentum,
+        after=after)
     _residual(Ap, st)
     hist[-1] = st.rel_error
     return hist

@@ -120,53 +120,29 @@ def run_als_dask(eng: Any, F: Any, c: int, rch: np.ndarray, cch: np.ndarray,
     """ALS iterations from the factors in ``F`` (updated in place; not PSD), whose loss is
     ``cur``; ``loss()`` is one pass computing the current loss, ``norm2`` is ``||A||_F^2``.
 
-    The iteration of :func:`mlr_dask.fit.als.run_als`: a row half step then a column half step,
-    the loss from the column step's right-hand sides (no pass of its own), and with
-    ``momentum`` the row step from the extrapolated column factors ``C + beta (C - C_prev)``;
-    an extrapolated iteration that does not lower the loss is redone from ``C`` with a smaller
-    ``beta``. Stops after ``max_iter`` iterations, when an iteration lowers the loss by at most
-    ``tol`` of it (a plain step right after a discarded extrapolation does not count, unless
-    the one before was redone too), or when a plain iteration would raise it (rounding: the old
-    factors are kept). One ``loss()`` pass at the end gives the exact final loss. Returns the
+    The iteration of :func:`mlr_dask.fit.als.momentum_iterations` (momentum on the column
+    factors, the stopping rule), with the half steps through products with A over its chunks
+    (:func:`_row_step`, :func:`_col_step`: the loss from the column step's right-hand sides,
+    no pass of its own). One ``loss()`` pass at the end gives the exact final loss. Returns the
     relative error after each kept iteration. Cost per iteration: two half steps (three after a
     discarded extrapolation), each about ``1 + sum_{l < c} 1 / p_l`` reads of A."""
-    from mlr_dask.fit.als import BETA_CUT, BETA_GROW, BETA_MAX, BETA_START
+    from mlr_dask.fit.als import momentum_iterations
 
     def rel(x: float) -> float:
         return float(np.sqrt(max(x, 0.0) / norm2)) if norm2 > 0 else 0.0
 
     out: list[float] = []
-    B, C = list(F.B), list(F.C)
-    C_prev: list[np.ndarray] | None = None
-    beta, rejected = BETA_START, False
-    for it in range(1, max_iter + 1):
-        step = None
-        was_rejected, rejected = rejected, False
-        if momentum and C_prev is not None:
-            Cy = [cl + beta * (cl - pl) for cl, pl in zip(C, C_prev, strict=True)]
-            Bn = _row_step(eng, F, c, rch, cch, Cy)
-            Cn, new = _col_step(eng, F, c, rch, cch, Bn, norm2)
-            if new < cur:
-                step = (Bn, Cn, new)
-                beta = min(BETA_MAX, beta * BETA_GROW)
-            else:
-                beta *= BETA_CUT
-                rejected = True
-        if step is None:
-            Bn = _row_step(eng, F, c, rch, cch, C)
-            Cn, new = _col_step(eng, F, c, rch, cch, Bn, norm2)
-            if new > cur:  # rounding of the normal equations: keep the old factors
-                break
-            step = (Bn, Cn, new)
-        C_prev = C
-        B, C, before, cur = step[0], step[1], cur, step[2]
-        out.append(rel(cur))
+
+    def after(it: int, new: float) -> bool:
+        out.append(rel(new))
         if progress:
             progress("epoch", {"epoch": it, "rel_error": out[-1], "method": "als"})
-        if before <= 0:
-            break
-        if (before - cur) <= tol * before and (not rejected or was_rejected):
-            break
+        return False
+
+    B, C, _ = momentum_iterations(
+        list(F.B), list(F.C), cur, lambda C: _row_step(eng, F, c, rch, cch, C),
+        lambda B: _col_step(eng, F, c, rch, cch, B, norm2), max_iter=max_iter, tol=tol,
+        momentum=momentum, after=after)
     F.B[:], F.C[:] = B, C
     if out:  # the exact loss of the final factors (the one above drops rounding)
         out[-1] = rel(loss())
