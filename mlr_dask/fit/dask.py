@@ -763,8 +763,9 @@ def fit_products(
     diagonal chunks ``rch``/``cch``; see the module docstring. ``grow_from``: start at these
     ranks and grow to the total of ``ranks``, one rank per epoch on each of the
     ``grow_per_step`` levels of largest predicted gain (the next singular values of their
-    blocks, from that epoch), each new rank started at the stored next singular pair of its
-    blocks, as the in-memory growth does; ``ranks`` then gives the total
+    blocks, from that epoch), a new rank started at the stored next singular pair of its
+    blocks when one level grows (as the in-memory growth does), at zero when several grow in
+    the same step; ``ranks`` then gives the total
     only and the grown ranks are returned. This continuation from the finest levels ends far
     lower than BCD started at the final ranks on kernel matrices. Cost: one epoch (without
     the loss pass) per step. ``exchange``: then up to ``exchange_steps`` rank exchanges

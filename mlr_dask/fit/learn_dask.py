@@ -109,6 +109,12 @@ class LearnOptions:
 REORDER_ABOVE = 2.0
 
 
+#: The part of a worker's memory limit that the tasks of the learned path plan to use,
+#: process memory included: below the worker's pause threshold (80% by default), with room for
+#: the decoded tiles and results in flight.
+BLOCK_MEMORY_SHARE = 0.7
+
+
 def default_block_items(client: Any = None) -> int:
     """The largest block side a task may learn in memory: eight float64 copies of the block
     (a block task holds about six: the block, its residual and the partition's work arrays,
@@ -134,12 +140,6 @@ def default_block_items(client: Any = None) -> int:
     if not shares:
         return 2048
     return int(max(64, min(4096, np.sqrt(min(shares) / (8 * 8)))))
-
-
-#: The part of a worker's memory limit that the tasks of the learned path plan to use,
-#: process memory included: below the worker's pause threshold (80% by default), with room for
-#: the decoded tiles and results in flight.
-BLOCK_MEMORY_SHARE = 0.7
 
 
 # ------------------------------------------------------------------------------ the source
@@ -822,7 +822,7 @@ def _reorder(ts: TileSource, rows_s: Hierarchy, cols_s: Hierarchy, rows: Hierarc
     decode more than :data:`REORDER_ABOVE` times the stored chunks; else the source as it is.
     ``rows_s`` / ``cols_s``: the hierarchies in stored positions, ``rows`` / ``cols`` in
     original items. Counts the reads and writes of the rewrite in ``ts.passes``. Memory per
-    task: ``2 block_items^2`` entries (an eighth of what :func:`default_block_items` allows)."""
+    task: ``2 block_items^2`` entries (a quarter of what :func:`default_block_items` allows)."""
     from mlr_dask.fit.dask import chunk_layout
     from mlr_dask.fit.reorder import ScratchSpaceError, read_amplification, reordered_store
 

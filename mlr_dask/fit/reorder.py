@@ -206,6 +206,17 @@ def _tag() -> str:
     return io_tag()
 
 
+def scratch_directory(scratch: str | os.PathLike) -> str:
+    """``scratch`` resolved (absolute path or URL); an InputError when it is a local path that
+    is not an existing directory. Cost: one stat call."""
+    from mlr_dask.paths import is_url, resolve_store
+
+    where = resolve_store(scratch).rstrip("/")
+    if not is_url(where) and not Path(where).is_dir():
+        raise InputError(f"scratch directory {where!r} does not exist")
+    return where
+
+
 def scratch_location(input_path: str, scratch: str | os.PathLike | None = None) -> str:
     """Where a temporary store for the input store at ``input_path`` goes: a hidden sibling
     ``.<name>.reorder-<host>-<pid>-<random>`` of the input (so that the workers that read the
@@ -220,10 +231,7 @@ def scratch_location(input_path: str, scratch: str | os.PathLike | None = None) 
     name = loc.rsplit("/", 1)[-1] or "matrix"
     base = f".{name}.reorder-"
     if scratch is not None:
-        where = resolve_store(scratch).rstrip("/")
-        if not is_url(where) and not Path(where).is_dir():
-            raise InputError(f"scratch directory {where!r} does not exist")
-        return f"{where}/{base}{_tag()}"
+        return f"{scratch_directory(scratch)}/{base}{_tag()}"
     if is_url(loc):
         fs_of(loc)
         return f"{loc.rsplit('/', 1)[0]}/{base}{_tag()}"

@@ -10,7 +10,6 @@ pipeline's.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -110,8 +109,6 @@ class DaskSettings:
             raise InputError(f"reorder must be 'auto', 'always' or 'never', got "
                              f"{self.reorder!r}")
         if self.scratch is not None:
-            from mlr_dask.paths import is_url, resolve_store
+            from mlr_dask.fit.reorder import scratch_directory
 
-            where = resolve_store(self.scratch)
-            if not is_url(where) and not os.path.isdir(where):
-                raise InputError(f"scratch directory {where!r} does not exist")
+            scratch_directory(self.scratch)
